@@ -1,0 +1,204 @@
+"""Durable JetStream consumers that apply events to a projection exactly once.
+
+A :class:`Projection` is applied by a faststream pull subscriber in batches: the new events of a
+batch and their inbox (tracking) rows commit in one transaction, and only then are the messages
+acknowledged. A redelivered or duplicated event finds its inbox row and changes nothing.
+
+Failures: if a batch fails, its messages are applied one by one so that one poison event cannot
+hold back the others. A failing message is negatively acknowledged with a growing delay and, at
+``max_deliver`` deliveries, published to the dead-letter stream with its reason, then acked.
+Garbage (not an envelope, unknown type, subject and envelope disagree) is dead-lettered at once:
+retrying cannot make it valid. faststream's default ack policy is not used (it would terminate a
+failing message, which is then never retried): acks are manual.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from faststream import AckPolicy, Context
+from faststream.nats import ConsumerConfig, JStream, NatsRouter, PullSub
+from faststream.nats.message import NatsBatchMessage
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from libs.common.events.base import CATALOGUE, Catalogue, EventDecodeError, UnknownEventType
+from libs.common.events.envelope import Envelope
+from libs.common.store.database import Database
+from libs.common.subjects import STREAM, dlq_subject
+
+log = logging.getLogger("mailroom.consumer")
+
+Apply = Callable[[AsyncConnection, Sequence[Envelope]], Awaitable[None]]
+
+
+@dataclass
+class Projection:
+    """What a consumer applies: ``apply(conn, events)`` inside the consumer's transaction."""
+
+    durable: str
+    filter_subject: str
+    apply: Apply
+    catalogue: Catalogue = CATALOGUE
+    reset: Callable[[AsyncConnection], Awaitable[None]] | None = None
+
+
+@dataclass
+class ConsumerStats:
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    batches: int = 0
+    last_applied_at: datetime | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class BadMessage(Exception):
+    """A message that can never be applied (garbage on the bus)."""
+
+
+def decode_message(msg: Any, catalogue: Catalogue) -> Envelope:
+    try:
+        env = Envelope.from_nats(msg.headers, msg.data)
+        env.event(catalogue)  # unknown types and mismatching payloads are garbage too
+    except (EventDecodeError, UnknownEventType) as exc:
+        raise BadMessage(str(exc)) from exc
+    except Exception as exc:  # subject tokens etc.
+        raise BadMessage(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        expected = env.nats_subject
+    except Exception as exc:
+        raise BadMessage(f"envelope cannot name its subject: {exc}") from exc
+    if expected != msg.subject:
+        raise BadMessage(f"subject {msg.subject} does not match the envelope ({expected})")
+    return env
+
+
+class ProjectionConsumer:
+    def __init__(
+        self,
+        db: Database,
+        projection: Projection,
+        js: Callable[[], Any],
+        *,
+        max_deliver: int = 5,
+        backoff_s: Sequence[float] = (0.2, 1.0, 5.0, 15.0),
+    ) -> None:
+        self.db = db
+        self.projection = projection
+        self._js = js
+        self.max_deliver = max_deliver
+        self.backoff_s = list(backoff_s)
+        self.stats = ConsumerStats()
+
+    # --- faststream wiring ----------------------------------------------------------------
+    def attach(self, router: NatsRouter, *, batch_size: int = 256) -> None:
+        @router.subscriber(
+            self.projection.filter_subject,
+            stream=JStream(STREAM, declare=False),
+            durable=self.projection.durable,
+            pull_sub=PullSub(batch_size=batch_size, timeout=0.5, batch=True),
+            ack_policy=AckPolicy.MANUAL,
+            config=ConsumerConfig(max_deliver=-1, ack_wait=60, max_ack_pending=20_000),
+            title=f"{self.projection.durable}",
+        )
+        async def _handle(
+            body: Any, message: Annotated[NatsBatchMessage, Context("message")]
+        ) -> None:
+            await self.handle_batch(list(message.raw_message))
+
+    # --- processing -----------------------------------------------------------------------
+    async def handle_batch(self, msgs: list[Any]) -> None:
+        self.stats.batches += 1
+        good: list[tuple[Any, Envelope]] = []
+        for msg in msgs:
+            try:
+                good.append((msg, decode_message(msg, self.projection.catalogue)))
+            except BadMessage as exc:
+                await self.dead_letter(msg, f"bad message: {exc}")
+        if not good:
+            return
+        try:
+            await self._apply([env for _, env in good])
+        except Exception:
+            log.info("%s: batch of %d failed; applying one by one", self.name, len(good))
+            for msg, env in good:
+                await self._apply_one(msg, env)
+            return
+        for msg, _ in good:
+            await msg.ack()
+
+    @property
+    def name(self) -> str:
+        return self.projection.durable
+
+    async def _apply_one(self, msg: Any, env: Envelope) -> None:
+        try:
+            await self._apply([env])
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.stats.errors = [*self.stats.errors[-9:], reason]
+            delivered = int(msg.metadata.num_delivered or 1)
+            if delivered >= self.max_deliver:
+                await self.dead_letter(msg, reason, delivered)
+                return
+            delay = self.backoff_s[min(delivered - 1, len(self.backoff_s) - 1)]
+            self.stats.retried += 1
+            log.warning("%s: event %s failed (%s); retry in %.1fs", self.name, env.id, reason, delay)
+            await msg.nak(delay=delay)
+            return
+        await msg.ack()
+
+    async def _apply(self, events: list[Envelope]) -> None:
+        inbox = self.db.tables.inbox
+        async with self.db.write() as conn:
+            ids = [e.id for e in events]
+            seen = set(
+                (
+                    await conn.execute(
+                        select(inbox.c.event_id).where(
+                            inbox.c.consumer == self.name, inbox.c.event_id.in_(ids)
+                        )
+                    )
+                ).scalars()
+            )
+            fresh: list[Envelope] = []
+            for e in events:  # also drops a duplicate inside the same batch
+                if e.id not in seen:
+                    seen.add(e.id)
+                    fresh.append(e)
+            if fresh:
+                await self.projection.apply(conn, fresh)
+                now = datetime.now(UTC)
+                await conn.execute(
+                    insert(inbox),
+                    [{"consumer": self.name, "event_id": e.id, "applied_at": now} for e in fresh],
+                )
+        self.stats.applied += len(fresh)
+        self.stats.duplicates += len(events) - len(fresh)
+        if fresh:
+            self.stats.last_applied_at = datetime.now(UTC)
+
+    async def dead_letter(self, msg: Any, reason: str, delivered: int | None = None) -> None:
+        headers = dict(msg.headers or {})
+        headers.update(
+            {
+                "Mailroom-Dlq-Reason": reason[:1000],
+                "Mailroom-Dlq-Subject": msg.subject,
+                "Mailroom-Dlq-Consumer": self.name,
+                "Mailroom-Dlq-Deliveries": str(delivered or msg.metadata.num_delivered or 1),
+                "Mailroom-Dlq-Stream-Seq": str(msg.metadata.sequence.stream),
+            }
+        )
+        msg_id = headers.get("Nats-Msg-Id")
+        # A dead letter is unique per consumer and stream position.
+        headers["Nats-Msg-Id"] = f"{self.name}:{msg.metadata.sequence.stream}:{msg_id}"
+        await self._js().publish(dlq_subject(self.name), msg.data, headers=headers)
+        self.stats.dead_lettered += 1
+        log.error("%s: dead-lettered %s: %s", self.name, msg.subject, reason)
+        await msg.ack()

@@ -1,0 +1,152 @@
+"""Events of the registry service: accounts, credentials, employees, departments."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.common.events.base import Event, register
+
+Protocol = Literal["imap", "pop3", "exchange", "office365", "gmail", "custom"]
+Security = Literal["ssl", "starttls", "none"]
+AuthMode = Literal["password", "app_password", "oauth2"]
+Ownership = Literal["personal", "shared"]
+
+
+class Server(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    protocol: Literal["imap", "pop3", "smtp", "ews"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+    security: Security
+    url: str | None = None  # EWS endpoint for Exchange
+
+
+class CredentialRef(BaseModel):
+    """Points at an encrypted blob in the registry's secret table; never the secret itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    blob_id: str
+    version: int
+    kek_version: int
+
+
+class AccountSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    display_name: str = ""
+    incoming: Server | None = None
+    outgoing: Server | None = None
+    auth_mode: AuthMode = "password"
+    username: str = ""
+    polling_interval_s: int | None = None
+    leave_on_server: bool = True
+    send_as_name: str | None = None
+    send_as_address: str | None = None
+    auto_bcc: list[str] = Field(default_factory=list)
+    daily_send_limit: int | None = None
+    forwarding: list[str] = Field(default_factory=list, max_length=20)
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"])
+
+
+class _Account(Event):
+    service: ClassVar[str] = "registry"
+    aggregate: ClassVar[str] = "account"
+
+
+@register
+class AccountAdded(_Account):
+    event_name: ClassVar[str] = "AccountAdded"
+    address: str
+    protocol: Protocol
+    ownership: Ownership = "personal"
+    owner_id: str | None = None
+    preset_id: str | None = None
+    settings: AccountSettings
+    credential: CredentialRef | None = None
+
+
+@register
+class AccountUpdated(_Account):
+    event_name: ClassVar[str] = "AccountUpdated"
+    changed: list[str]
+    settings: AccountSettings
+    owner_id: str | None = None
+    ownership: Ownership = "personal"
+
+
+@register
+class AccountDisabled(_Account):
+    event_name: ClassVar[str] = "AccountDisabled"
+    reason: str = ""
+
+
+@register
+class AccountReactivated(_Account):
+    event_name: ClassVar[str] = "AccountReactivated"
+
+
+@register
+class AccountDeleted(_Account):
+    event_name: ClassVar[str] = "AccountDeleted"
+    address: str
+    credential_shredded: bool = True
+
+
+@register
+class CredentialRotated(_Account):
+    event_name: ClassVar[str] = "CredentialRotated"
+    credential: CredentialRef
+    cause: Literal["replaced", "kek_rotation", "oauth_refresh"] = "replaced"
+
+
+@register
+class CredentialAccessed(_Account):
+    event_name: ClassVar[str] = "CredentialAccessed"
+    credential: CredentialRef
+    by_service: str
+    purpose: str
+    lease_expires_at: str
+
+
+@register
+class MailboxHandedOver(_Account):
+    event_name: ClassVar[str] = "MailboxHandedOver"
+    from_owner_id: str | None
+    to_owner_id: str
+
+
+class _Employee(Event):
+    service: ClassVar[str] = "registry"
+    aggregate: ClassVar[str] = "employee"
+
+
+@register
+class EmployeeAdded(_Employee):
+    event_name: ClassVar[str] = "EmployeeAdded"
+    name: str
+    email: str
+    title: str = ""
+    department: str | None = None
+
+
+@register
+class EmployeeUpdated(_Employee):
+    event_name: ClassVar[str] = "EmployeeUpdated"
+    name: str
+    email: str
+    title: str = ""
+    department: str | None = None
+
+
+@register
+class EmployeeOffboarded(_Employee):
+    event_name: ClassVar[str] = "EmployeeOffboarded"
+    successor_id: str | None = None
+    autoreply: str | None = None
+    mailbox_ids: list[str] = Field(default_factory=list)
+
+
+@register
+class EmployeeReinstated(_Employee):
+    event_name: ClassVar[str] = "EmployeeReinstated"

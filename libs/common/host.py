@@ -1,0 +1,116 @@
+"""Run one or many services in this process: one HTTP app, one NATS broker, shared runtime.
+
+``python -m services.<name>`` runs one (as a Kubernetes pod does); ``mailroom up`` runs all five.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from faststream.nats import NatsBroker
+
+from libs.common.auth import TokenIssuer, TokenVerifier, load_or_create_key
+from libs.common.http import install_error_handlers
+from libs.common.nats import connect, ensure_streams
+from libs.common.service import Runtime, Service
+from libs.common.settings import Settings
+
+log = logging.getLogger("mailroom.host")
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    key = load_or_create_key(settings.auth_key_path())
+    verifier = TokenVerifier(
+        key.public_key(),
+        oidc_issuer=settings.oidc_issuer,
+        oidc_audience=settings.oidc_audience,
+        oidc_jwks_url=settings.oidc_jwks_url,
+    )
+    return Runtime(settings=settings, verifier=verifier, issuer=TokenIssuer(key))
+
+
+class Host:
+    def __init__(self, services: list[Service], settings: Settings, nats_url: str) -> None:
+        self.services = services
+        self.settings = settings
+        self.nats_url = nats_url
+        self.runtime = make_runtime(settings)
+        self.broker: NatsBroker | None = None
+        self.started = False
+
+    async def start(self) -> None:
+        rt = self.runtime
+        rt.nc = await connect(self.nats_url, name="mailroom-" + "-".join(s.name for s in self.services))
+        rt.js = rt.nc.jetstream()
+        await ensure_streams(rt.js, self.settings.stream_replicas)
+        self.broker = NatsBroker(self.nats_url, logger=None, max_reconnect_attempts=-1)
+        for svc in self.services:
+            await svc.start(rt)
+            svc.wire_consumers(lambda: rt.js)
+            self.broker.include_router(svc.nats)
+        await self.broker.start()
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+        if self.broker is not None:
+            await self.broker.stop()
+        for svc in reversed(self.services):
+            await svc.stop()
+        if self.runtime.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.runtime.nc.drain()
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def app(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        names = ", ".join(s.name for s in self.services)
+        app = FastAPI(
+            title="Mailroom API",
+            version="1",
+            description=f"Mailroom services in this process: {names}",
+            lifespan=lifespan,
+        )
+        app.state.runtime = self.runtime
+        app.state.host = self
+        install_error_handlers(app)
+        for svc in self.services:
+            for router in svc.routers:
+                app.include_router(router)
+
+        @app.get("/healthz", tags=["health"])
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.get("/readyz", tags=["health"])
+        async def readyz() -> Any:
+            checks = {"nats": bool(self.runtime.nc and self.runtime.nc.is_connected)}
+            for svc in self.services:
+                checks[f"db.{svc.name}"] = await svc.ready()
+            ok = self.started and all(checks.values())
+            return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+        return app
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="warning")

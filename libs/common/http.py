@@ -1,0 +1,61 @@
+"""HTTP plumbing shared by every service API: error bodies, health, request context."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from libs.common.errors import MailroomError
+from libs.common.store.eventstore import ConcurrencyError
+
+ERROR_SCHEMA = {
+    "description": "Error",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "details": {"type": "object"},
+                        },
+                        "required": ["code", "message"],
+                    }
+                },
+                "required": ["error"],
+            }
+        }
+    },
+}
+ERRORS = {code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422)}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MailroomError)
+    async def _mailroom(_: Request, exc: MailroomError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(ConcurrencyError)
+    async def _conflict(_: Request, exc: ConcurrencyError) -> JSONResponse:
+        body = {"error": {"code": exc.code, "message": str(exc)}}
+        return JSONResponse(body, status_code=409)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"field": "", "message": "invalid request"}
+        body = {
+            "error": {
+                "code": "invalid_request",
+                "message": f"{first['field']}: {first['message']}",
+                "details": {"problems": problems},
+            }
+        }
+        return JSONResponse(body, status_code=422)

@@ -1,0 +1,19 @@
+"""Entry point for ``python -m services.<name>``: one service, as a pod runs it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from libs.common.host import Host, serve
+from libs.common.settings import Settings
+
+
+def run_one(name: str) -> None:
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level)
+    if not settings.nats_url:
+        raise SystemExit("MAILROOM_NATS_URL must be set to run one service alone")
+    module = importlib.import_module(f"services.{name}.app")
+    host = Host([module.create_app(settings)], settings, settings.nats_url)
+    serve(host.app(), settings)

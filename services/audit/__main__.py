@@ -1,0 +1,5 @@
+"""Run the audit service alone: ``python -m services.audit``."""
+
+from libs.common.run import run_one
+
+run_one("audit")

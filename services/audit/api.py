@@ -1,0 +1,146 @@
+"""Audit HTTP API: query, verify, replay and export a tenant's trail."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from libs.common.errors import MailroomError
+from libs.common.http import ERRORS
+from libs.common.service import Caller
+from libs.common.store.database import Database
+from services.audit import domain
+from services.audit.repository import AuditQuery, AuditRepository
+
+
+class AuditEntry(BaseModel):
+    position: int
+    tenant_seq: int
+    entry_hash: str
+    chain_hash: str
+    event: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: str | None
+
+
+class VerifyResult(BaseModel):
+    ok: bool
+    checked: int
+    first_bad_position: int | None = None
+    first_bad_tenant_seq: int | None = None
+    first_bad_event_id: str | None = None
+    problem: str | None = None
+
+
+def _entry(e: domain.StoredEntry) -> AuditEntry:
+    return AuditEntry(
+        position=e.position,
+        tenant_seq=e.tenant_seq,
+        entry_hash=e.entry_hash.hex(),
+        chain_hash=e.chain_hash.hex(),
+        event=json.loads(e.canonical),
+    )
+
+
+def _cursor(value: str | None) -> int:
+    if not value:
+        return 0
+    try:
+        position = int(value)
+    except ValueError:
+        raise MailroomError("cursor must come from next_cursor", code="invalid_cursor") from None
+    if position < 0:
+        raise MailroomError("cursor must come from next_cursor", code="invalid_cursor")
+    return position
+
+
+def build_router(db: Database) -> APIRouter:
+    r = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERRORS)  # type: ignore[arg-type]
+
+    @r.get("/events", response_model=AuditPage)
+    async def list_events(
+        caller: Caller,
+        aggregate_id: str | None = None,
+        aggregate_type: str | None = None,
+        type: str | None = Query(None, description="event name (any version) or full type"),
+        actor: str | None = None,
+        correlation_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = Query(100, ge=1, le=1000),
+    ) -> AuditPage:
+        caller.require_admin()
+        q = AuditQuery(aggregate_id, aggregate_type, type, actor, correlation_id, since, until)
+        async with db.read() as conn:
+            rows = await AuditRepository(conn, caller.tenant_id).page(q, _cursor(cursor), limit)
+        nxt = str(rows[-1].position) if len(rows) == limit else None
+        return AuditPage(items=[_entry(e) for e in rows], next_cursor=nxt)
+
+    @r.get("/verify", response_model=VerifyResult)
+    async def verify(caller: Caller) -> VerifyResult:
+        caller.require_admin()
+        async with db.read() as conn:
+            repo = AuditRepository(conn, caller.tenant_id)
+            verdict = await _verify(repo)
+            bad_id = (
+                await repo.event_id_at(verdict.first_bad_position)
+                if verdict.first_bad_position is not None
+                else None
+            )
+        return VerifyResult(**_asdict(verdict), first_bad_event_id=bad_id)
+
+    @r.get("/export", response_class=StreamingResponse)
+    async def export(caller: Caller) -> StreamingResponse:
+        """The tenant's whole trail as JSON Lines, in chain order, with hashes."""
+        caller.require_admin()
+
+        async def lines() -> AsyncIterator[bytes]:
+            async with db.read() as conn:
+                async for e in AuditRepository(conn, caller.tenant_id).chain():
+                    yield _entry(e).model_dump_json().encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @r.get("/replay", response_class=StreamingResponse)
+    async def replay(
+        caller: Caller, after: int = Query(0, ge=0), limit: int = Query(10_000, ge=1, le=100_000)
+    ) -> StreamingResponse:
+        """The tenant's event envelopes after a position, as JSON Lines (for rebuilds)."""
+        caller.require_admin()
+        async with db.read() as conn:
+            rows = await AuditRepository(conn, caller.tenant_id).page(AuditQuery(), after, limit)
+        body = b"".join(
+            json.dumps({"position": e.position, "event": json.loads(e.canonical)}).encode() + b"\n"
+            for e in rows
+        )
+        return StreamingResponse(iter([body]), media_type="application/x-ndjson")
+
+    return r
+
+
+def _asdict(v: domain.Verdict) -> dict[str, Any]:
+    return {
+        "ok": v.ok,
+        "checked": v.checked,
+        "first_bad_position": v.first_bad_position,
+        "first_bad_tenant_seq": v.first_bad_tenant_seq,
+        "problem": v.problem,
+    }
+
+
+async def _verify(repo: AuditRepository) -> domain.Verdict:
+    walker = domain.ChainWalker()
+    async for e in repo.chain():
+        if not walker.feed(e):
+            break
+    return walker.verdict()

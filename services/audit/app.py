@@ -1,0 +1,51 @@
+"""The audit service: consumes every event of every service into the tenant hash chains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from libs.common.consumer import Projection
+from libs.common.service import Service
+from libs.common.settings import Settings
+from libs.common.store.database import Database
+from libs.common.subjects import PREFIX, rpc_subject
+from services.audit import tables
+from services.audit.api import build_router
+from services.audit.projection import append_to_chain
+from services.audit.repository import replay_all
+
+DURABLE = "audit"
+
+
+class ReplayRequest(BaseModel):
+    after: int = Field(0, ge=0)
+    limit: int = Field(1000, ge=1, le=10_000)
+
+
+def create_app(settings: Settings) -> Service:
+    db = Database(settings.database_url_for("audit"), tables.metadata)
+    svc = Service(
+        name="audit",
+        db=db,
+        settings=settings,
+        routers=[build_router(db)],
+        projections=[Projection(DURABLE, f"{PREFIX}.>", append_to_chain)],
+        writes_events=False,
+    )
+    svc.schema_setup = (
+        tables.APPEND_ONLY_POSTGRES if db.dialect == "postgresql" else tables.APPEND_ONLY_SQLITE
+    )
+
+    @svc.nats.subscriber(rpc_subject("audit", "replay"))
+    async def replay(req: ReplayRequest) -> dict[str, Any]:
+        """Internal: every tenant's events after a position, for projection rebuilds."""
+        async with db.read() as conn:
+            rows = await replay_all(conn, req.after, req.limit)
+        return {
+            "events": [{"position": p, "event": e.model_dump(mode="json")} for p, e in rows],
+            "last": rows[-1][0] if rows else req.after,
+        }
+
+    return svc

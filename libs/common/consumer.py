@@ -58,6 +58,11 @@ class ConsumerStats:
     errors: list[str] = field(default_factory=list)
 
 
+async def _no_decode(msg: Any) -> None:
+    """Bodies are decoded by :func:`decode_message`, so garbage cannot fail the whole batch."""
+    return None
+
+
 class BadMessage(Exception):
     """A message that can never be applied (garbage on the bus)."""
 
@@ -106,11 +111,19 @@ class ProjectionConsumer:
             ack_policy=AckPolicy.MANUAL,
             config=ConsumerConfig(max_deliver=-1, ack_wait=60, max_ack_pending=20_000),
             title=f"{self.projection.durable}",
+            decoder=_no_decode,
         )
         async def _handle(
             body: Any, message: Annotated[NatsBatchMessage, Context("message")]
         ) -> None:
-            await self.handle_batch(list(message.raw_message))
+            msgs = list(message.raw_message)
+            try:
+                await self.handle_batch(msgs)
+            except Exception as exc:  # e.g. the dead-letter stream is unreachable: retry soon
+                log.warning("%s: batch failed (%s); redelivering", self.name, exc)
+                for m in msgs:
+                    if not m._ackd:
+                        await m.nak(delay=self.backoff_s[0])
 
     # --- processing -----------------------------------------------------------------------
     async def handle_batch(self, msgs: list[Any]) -> None:

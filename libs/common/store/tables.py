@@ -30,6 +30,9 @@ class StoreTables:
 
 
 def store_tables(metadata: MetaData) -> StoreTables:
+    if "events" in metadata.tables:  # a service's metadata is defined once per process
+        t = metadata.tables
+        return StoreTables(metadata, t["events"], t["outbox"], t["inbox"])
     events = Table(
         "events",
         metadata,

@@ -122,14 +122,21 @@ class TokenVerifier:
         try:
             if issuer == LOCAL_ISSUER and self._public is not None:
                 claims = jwt.decode(
-                    token, self._public, algorithms=["EdDSA"], audience=AUDIENCE,
-                    issuer=LOCAL_ISSUER, options={"require": ["exp", "sub"]},
+                    token,
+                    self._public,
+                    algorithms=["EdDSA"],
+                    audience=AUDIENCE,
+                    issuer=LOCAL_ISSUER,
+                    options={"require": ["exp", "sub"]},
                 )
             elif self._jwks is not None and issuer == self._oidc_issuer:
                 key = self._jwks.get_signing_key(header.get("kid", "")).key
                 claims = jwt.decode(
-                    token, key, algorithms=["RS256", "ES256", "EdDSA"],
-                    audience=self._oidc_audience, issuer=self._oidc_issuer,
+                    token,
+                    key,
+                    algorithms=["RS256", "ES256", "EdDSA"],
+                    audience=self._oidc_audience,
+                    issuer=self._oidc_issuer,
                     options={"require": ["exp", "sub"]},
                 )
             else:
@@ -140,7 +147,11 @@ class TokenVerifier:
             raise Unauthorized("the bearer token is not valid", code="invalid_token") from exc
         tenant = claims.get("mailroom_tenant")
         role = claims.get("mailroom_role", "employee")
-        if not isinstance(tenant, str) or not tenant or role not in ("admin", "employee", "service"):
+        if (
+            not isinstance(tenant, str)
+            or not tenant
+            or role not in ("admin", "employee", "service")
+        ):
             raise Forbidden("the token names no tenant or role", code="no_tenant")
         principal = Principal(
             tenant_id=tenant,
@@ -163,7 +174,9 @@ def bearer(request: Request) -> str:
     return token.strip()
 
 
-def principal_dependency(get_verifier: Callable[[], TokenVerifier]) -> Callable[[Request], Principal]:
+def principal_dependency(
+    get_verifier: Callable[[], TokenVerifier],
+) -> Callable[[Request], Principal]:
     def _principal(request: Request) -> Principal:
         return get_verifier().verify(bearer(request))
 

@@ -162,7 +162,9 @@ class ProjectionConsumer:
                 return
             delay = self.backoff_s[min(delivered - 1, len(self.backoff_s) - 1)]
             self.stats.retried += 1
-            log.warning("%s: event %s failed (%s); retry in %.1fs", self.name, env.id, reason, delay)
+            log.warning(
+                "%s: event %s failed (%s); retry in %.1fs", self.name, env.id, reason, delay
+            )
             await msg.nak(delay=delay)
             return
         await msg.ack()

@@ -45,7 +45,9 @@ class Host:
 
     async def start(self) -> None:
         rt = self.runtime
-        rt.nc = await connect(self.nats_url, name="mailroom-" + "-".join(s.name for s in self.services))
+        rt.nc = await connect(
+            self.nats_url, name="mailroom-" + "-".join(s.name for s in self.services)
+        )
         rt.js = rt.nc.jetstream()
         await ensure_streams(rt.js, self.settings.stream_replicas)
         self.broker = NatsBroker(self.nats_url, logger=None, max_reconnect_attempts=-1)

@@ -77,7 +77,7 @@ class NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "nats.conf"
         conf.write_text(self._config())
-        log = open(self.data_dir / "nats.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.data_dir / "nats.log", "ab")
         self.proc = subprocess.Popen(  # noqa: S603 - our own binary and config
             [nats_server_binary(), "-c", str(conf)],
             stdout=log,

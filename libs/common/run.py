@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib
-import logging
 
 from libs.common.host import Host, serve
+from libs.common.logs import setup_logging
 from libs.common.settings import Settings
 
 
 def run_one(name: str) -> None:
     settings = Settings()
-    logging.basicConfig(level=settings.log_level)
+    setup_logging(settings.log_level)
     if not settings.nats_url:
         raise SystemExit("MAILROOM_NATS_URL must be set to run one service alone")
     module = importlib.import_module(f"services.{name}.app")

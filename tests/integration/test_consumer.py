@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, MetaData, String, Table, func, insert, select
+from sqlalchemy import Column, MetaData, String, Table, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.consumer import Projection
@@ -18,6 +18,7 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.store.database import Database
 from libs.common.subjects import DLQ_STREAM
+from services.audit.tables import entries as audit_entries
 from tests.integration.test_write_path import stream_messages
 from tests.support.events import employee_events
 from tests.support.stack import wait_until
@@ -28,26 +29,42 @@ pytestmark = pytest.mark.connected
 class Names:
     def __init__(self) -> None:
         self.metadata = MetaData()
-        self.table = Table("names", self.metadata, Column("event_id", String(36), primary_key=True),
-                           Column("name", String(64)))
+        self.table = Table(
+            "names",
+            self.metadata,
+            Column("event_id", String(36), primary_key=True),
+            Column("name", String(64)),
+        )
         self.attempts: dict[str, int] = {}
         self.poison = "Person 0"
+
+    async def reset(self, conn: AsyncConnection) -> None:
+        await conn.execute(delete(self.table))
 
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope]) -> None:
         for e in events:
             self.attempts[e.id] = self.attempts.get(e.id, 0) + 1
             if e.data["name"] == self.poison:
                 raise ValueError("cannot apply this one")
-        await conn.execute(insert(self.table), [{"event_id": e.id, "name": e.data["name"]} for e in events])
+        await conn.execute(
+            insert(self.table), [{"event_id": e.id, "name": e.data["name"]} for e in events]
+        )
 
 
 @pytest.fixture
-async def consumer_host(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[tuple[Host, Names]]:
+async def consumer_host(
+    tmp_path: Path, nats_server: NatsServer
+) -> AsyncIterator[tuple[Host, Names]]:
     settings = Settings(data_dir=tmp_path, consumer_max_deliver=3, consumer_backoff_s=[0.05, 0.1])
     names = Names()
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", names.metadata)
-    svc = Service("names", db, settings, writes_events=False,
-                  projections=[Projection("names", "mailroom.*.registry.>", names.apply)])
+    svc = Service(
+        "names",
+        db,
+        settings,
+        writes_events=False,
+        projections=[Projection("names", "mailroom.*.registry.>", names.apply, reset=names.reset)],
+    )
     host = Host([svc], settings, nats_server.url)
     await host.start()
     yield host, names
@@ -56,7 +73,9 @@ async def consumer_host(tmp_path: Path, nats_server: NatsServer) -> AsyncIterato
 
 async def _rows(host: Host, names: Names) -> int:
     async with host.services[0].db.read() as conn:
-        return int((await conn.execute(select(func.count()).select_from(names.table))).scalar() or 0)
+        return int(
+            (await conn.execute(select(func.count()).select_from(names.table))).scalar() or 0
+        )
 
 
 async def test_poison_event_is_retried_then_dead_lettered_and_the_rest_flows(
@@ -85,13 +104,17 @@ async def _dlq(js: Any, n: int) -> list[Any] | None:
     return msgs if len(msgs) >= n else None
 
 
-async def test_redelivered_and_duplicated_events_apply_once(consumer_host: tuple[Host, Names]) -> None:
+async def test_redelivered_and_duplicated_events_apply_once(
+    consumer_host: tuple[Host, Names],
+) -> None:
     host, names = consumer_host
     names.poison = "nobody"
     js: Any = host.runtime.js
     events = employee_events(5)
     for i, e in enumerate(events + events[:2]):  # same events again, as if past the window
-        await js.publish(e.nats_subject, e.body(), headers={**e.to_headers(), "Nats-Msg-Id": f"{i}"})
+        await js.publish(
+            e.nats_subject, e.body(), headers={**e.to_headers(), "Nats-Msg-Id": f"{i}"}
+        )
     # Redelivery of already-applied events: reprocess the batch as if the ack was lost.
     await wait_until(lambda: _has(host, names, 5))
     consumer = host.services[0].consumers[0]
@@ -119,3 +142,48 @@ class _FakeRedelivery:
 
     async def ack(self) -> None:
         self.acked = True
+
+
+async def test_projection_rebuilds_from_the_audit_store(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    from libs.common.rebuild import rebuild_from_audit
+    from tests.support.stack import start_stack
+
+    audit = await start_stack(tmp_path / "audit", nats_server, ("audit",))
+    settings = Settings(data_dir=tmp_path)
+    names = Names()
+    names.poison = "nobody"
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}", names.metadata)
+    projection = Projection("names", "mailroom.*.registry.>", names.apply, reset=names.reset)
+    host = Host(
+        [Service("names", db, settings, writes_events=False, projections=[projection])],
+        settings,
+        nats_server.url,
+    )
+    await host.start()
+    try:
+        js: Any = host.runtime.js
+        events = employee_events(20) + employee_events(5, tenant="globex")
+        for e in events:
+            await js.publish(e.nats_subject, e.body(), headers=e.to_headers())
+        await wait_until(lambda: _has(host, names, 25))
+        async with audit.host.service("audit").db.read() as conn:
+            count = select(func.count()).select_from(audit_entries)
+            assert (await conn.execute(count)).scalar() == 25
+        async with db.read() as conn:
+            before = sorted((await conn.execute(select(names.table))).all())
+        async with db.write() as conn:  # the projection is lost
+            await conn.execute(delete(names.table))
+        applied = await rebuild_from_audit(host.runtime.nc, db, projection, page=7)
+        assert applied == 25
+        async with db.read() as conn:
+            assert sorted((await conn.execute(select(names.table))).all()) == before
+        # The live consumer does not apply anything twice afterwards.
+        again = employee_events(1)[0]
+        await js.publish(again.nats_subject, again.body(), headers=again.to_headers())
+        await wait_until(lambda: _has(host, names, 26))
+    finally:
+        await host.stop()
+        await audit.client.aclose()
+        await audit.host.stop()

@@ -1,0 +1,97 @@
+"""Logging: JSON lines with trace ids, tenant and actor; a redaction filter on every record.
+
+The filter removes bearer tokens and JWTs, ``password=…``-style pairs, PEM blocks, and every
+secret value the process has handled (``remember_secret`` is called wherever a credential is
+decrypted), so a secret cannot reach a log even through an exception message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+_PATTERNS = [
+    (re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [REDACTED]"),
+    (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[REDACTED-JWT]"),
+    (
+        re.compile(
+            r"(?i)\b(password|passwd|secret|token|api_key|client_secret)(\"?\s*[:=]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&}]+)"
+        ),
+        r"\1\2[REDACTED]",
+    ),
+    (re.compile(r"-----BEGIN [A-Z ]+-----[\s\S]+?-----END [A-Z ]+-----"), "[REDACTED-PEM]"),
+]
+_known: OrderedDict[str, None] = OrderedDict()
+_MAX_KNOWN = 10_000
+
+
+def remember_secret(value: str) -> None:
+    """Scrub this exact value from every later log record (kept for the last 10,000)."""
+    if len(value) < 4:
+        return
+    _known[value] = None
+    _known.move_to_end(value)
+    while len(_known) > _MAX_KNOWN:
+        _known.popitem(last=False)
+
+
+def redact(text: str) -> str:
+    for secret in _known:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    for pattern, repl in _PATTERNS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+class RedactionFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+            record.exc_text = None
+        record.msg = redact(message)
+        record.args = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("tenant_id", "actor", "trace_id", "span_id", "event_id", "correlation_id"):
+            value = getattr(record, key, None)
+            if value is not None:
+                doc[key] = value
+        try:
+            from opentelemetry import trace
+
+            ctx = trace.get_current_span().get_span_context()
+            if ctx.is_valid:
+                doc.setdefault("trace_id", format(ctx.trace_id, "032x"))
+                doc.setdefault("span_id", format(ctx.span_id, "016x"))
+        except Exception:  # noqa: S110 - tracing is optional
+            pass
+        return redact(json.dumps(doc, ensure_ascii=False))
+
+
+def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactionFilter())
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("faststream", "nats", "httpx", "aiosqlite", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

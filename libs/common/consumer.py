@@ -100,6 +100,7 @@ class ProjectionConsumer:
         self.max_deliver = max_deliver
         self.backoff_s = list(backoff_s)
         self.stats = ConsumerStats()
+        self.on_applied: list[Callable[[Sequence[Envelope]], None]] = []
 
     # --- faststream wiring ----------------------------------------------------------------
     def attach(self, router: NatsRouter, *, batch_size: int = 256) -> None:
@@ -198,6 +199,8 @@ class ProjectionConsumer:
         self.stats.duplicates += len(events) - len(fresh)
         if fresh:
             self.stats.last_applied_at = datetime.now(UTC)
+            for callback in self.on_applied:
+                callback(fresh)
 
     async def dead_letter(self, msg: Any, reason: str, delivered: int | None = None) -> None:
         headers = dict(msg.headers or {})

@@ -94,7 +94,9 @@ class EventStoreContract:
         async def writer() -> bool:
             try:
                 async with db.transaction() as tx:
-                    await tx.append(employee_events(1, aggregate_id=agg, start=2), expected_version=1)
+                    await tx.append(
+                        employee_events(1, aggregate_id=agg, start=2), expected_version=1
+                    )
                 return True
             except ConcurrencyError:
                 return False
@@ -111,7 +113,9 @@ class EventStoreContract:
         assert await self.count(db, db.tables.outbox) == 50
         assert await self.count(db, self.projector.table) == 50
         async with db.read() as conn:
-            rows = (await conn.execute(select(db.tables.outbox).order_by(db.tables.outbox.c.seq))).all()
+            rows = (
+                await conn.execute(select(db.tables.outbox).order_by(db.tables.outbox.c.seq))
+            ).all()
         assert [r.event_id for r in rows] == [e.id for e in events]
         headers = json.loads(rows[0].headers)
         assert headers["Nats-Msg-Id"] == events[0].id
@@ -137,6 +141,41 @@ class EventStoreContract:
         async with db.transaction() as tx:
             await tx.append(employee_events(1))
         assert calls == [1]
+
+    async def test_group_commit_gives_each_command_its_own_outcome(self, db: Database) -> None:
+        base = employee_events(1)
+        await db.commit(base, expected_version=0)
+        agg = base[0].aggregate_id
+        racing = [employee_events(1, aggregate_id=agg, start=2) for _ in range(4)]
+        fresh = [employee_events(2) for _ in range(20)]
+        results = await asyncio.gather(
+            *(db.commit(evs, expected_version=1) for evs in racing),
+            *(db.commit(evs, expected_version=0) for evs in fresh),
+            return_exceptions=True,
+        )
+        race_results, fresh_results = results[:4], results[4:]
+        assert sum(r is None for r in race_results) == 1
+        assert all(isinstance(r, ConcurrencyError) for r in race_results if r is not None)
+        assert fresh_results == [None] * 20
+        assert await self.count(db, db.tables.events) == 1 + 1 + 40
+        assert await self.count(db, db.tables.outbox) == 42
+        assert await self.count(db, self.projector.table) == 42
+
+    async def test_group_commit_isolates_a_command_the_projection_refuses(
+        self, db: Database
+    ) -> None:
+        self.projector.fail_on = "Person 0"
+        good = [employee_events(1, start=1) for _ in range(5)]
+        for evs in good:  # "Person 0" is refused; rename the good ones
+            evs[0] = evs[0].model_copy(update={"data": {**evs[0].data, "name": "Fine"}})
+        bad = employee_events(1)
+        results = await asyncio.gather(
+            *(db.commit(evs) for evs in good), db.commit(bad), return_exceptions=True
+        )
+        assert results[:5] == [None] * 5
+        assert isinstance(results[5], RuntimeError)
+        assert await self.count(db, db.tables.events) == 5
+        assert await self.count(db, self.projector.table) == 5
 
 
 class TestSQLiteEventStore(EventStoreContract):

@@ -23,6 +23,8 @@ class AccessGranted(_Grant):
     level: Level
     on_behalf: bool = False
     expires_at: str | None = None
+    revision: int | None = None
+    """The tenant's authz revision this write created (see services/authz, "Revisions")."""
 
 
 @register
@@ -31,6 +33,7 @@ class AccessRevoked(_Grant):
     grantee_kind: GranteeKind
     grantee_id: str
     reason: str = ""
+    revision: int | None = None
 
 
 @register
@@ -38,6 +41,7 @@ class AccessExpired(_Grant):
     event_name: ClassVar[str] = "AccessExpired"
     grantee_kind: GranteeKind
     grantee_id: str
+    revision: int | None = None
 
 
 @register

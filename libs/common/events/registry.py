@@ -24,12 +24,17 @@ class Server(BaseModel):
 
 
 class CredentialRef(BaseModel):
-    """Points at an encrypted blob in the registry's secret table; never the secret itself."""
+    """Points at an encrypted blob in the registry's secret table; never the secret itself.
+
+    ``version`` counts replacements of the secret (1, 2, ...); ``kek_version`` is the KEK that
+    wraps the blob's data key; ``field`` names the secret ("password" or "oauth_token").
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     blob_id: str
     version: int
     kek_version: int
+    field: str = "password"
 
 
 class AccountSettings(BaseModel):
@@ -47,6 +52,10 @@ class AccountSettings(BaseModel):
     daily_send_limit: int | None = None
     forwarding: list[str] = Field(default_factory=list, max_length=20)
     folders: list[str] = Field(default_factory=lambda: ["INBOX"])
+    allow_insecure: bool = False
+    """The owner opted in to a server with ``security: none`` (plain text on the wire)."""
+    custom_smtp: Server | None = None
+    """A relay that replaces ``outgoing`` for sending (e.g. the organisation's own relay)."""
 
 
 class _Account(Event):

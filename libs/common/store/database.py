@@ -6,8 +6,11 @@ outbox rows commit together, or none of them do. After commit the outbox relay i
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import MetaData, event
@@ -16,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from libs.common.events.envelope import Envelope
-from libs.common.store.eventstore import EventStore
+from libs.common.store.eventstore import ConcurrencyError, EventStore
 from libs.common.store.tables import StoreTables, store_tables
 
 
@@ -28,7 +31,13 @@ class Projector(Protocol):
 
 def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, poolclass=NullPool if ":memory:" in url else None)
+        # Connections end every transaction themselves (commit, or rollback on close), so the
+        # pool's extra rollback on return is only one more thread hop in aiosqlite.
+        engine = create_async_engine(
+            url,
+            poolclass=NullPool if ":memory:" in url else None,
+            pool_reset_on_return=None,
+        )
         _sqlite_pragmas(engine.sync_engine)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -56,6 +65,13 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 
 WRITE_OPTION = "mailroom_write"
+
+
+@dataclass
+class _Pending:
+    events: list[Envelope]
+    expected_version: int | None
+    future: asyncio.Future[None]
 
 
 class Tx:
@@ -96,6 +112,11 @@ class Database:
         self.projector = projector
         self.engine = make_engine(url)
         self._on_commit: list[Callable[[], None]] = []
+        # SQLite has one writer at a time; queueing writers here is far cheaper than letting
+        # them spin in SQLite's busy handler (which sleeps in steps of up to 100 ms).
+        self._commit_lock = asyncio.Lock()
+        self._pending: list[_Pending] = []
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if url.startswith("sqlite") else None
 
     @property
     def dialect(self) -> str:
@@ -115,6 +136,15 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A read-write transaction (committed on exit, rolled back on error)."""
+        if self._write_lock is not None:
+            async with self._write_lock, self._write_conn() as conn:
+                yield conn
+        else:
+            async with self._write_conn() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def _write_conn(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
             conn = await conn.execution_options(**{WRITE_OPTION: True})
             async with conn.begin():
@@ -133,6 +163,64 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.connect() as conn:
             yield conn
+
+    async def commit(
+        self, events: Sequence[Envelope], *, expected_version: int | None = None
+    ) -> None:
+        """Append a command's events through group commit; raise ConcurrencyError on a race.
+
+        Commands that commit at the same moment share one transaction: the first caller to get
+        the commit lock takes every pending command, checks each against the versions read in
+        one query, and writes all their events, projection rows and outbox rows with a handful
+        of statements. If the shared transaction fails (a projection refuses one command's
+        events, say), each command is committed alone, so one cannot fail another.
+        """
+        loop = asyncio.get_running_loop()
+        pending = _Pending(list(events), expected_version, loop.create_future())
+        self._pending.append(pending)
+        async with self._commit_lock:
+            if not pending.future.done():
+                batch, self._pending = self._pending, []
+                await self._commit_batch(batch)
+        pending.future.result()
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        accepted: list[_Pending] = []
+        try:
+            async with self.write() as conn:
+                ids = sorted({e.aggregate_id for p in batch for e in p.events})
+                versions = await self.store.versions(conn, ids)
+                for p in batch:
+                    try:
+                        self.store.check(p.events, versions, p.expected_version)
+                    except (ConcurrencyError, ValueError) as exc:
+                        p.future.set_exception(exc)
+                        continue
+                    accepted.append(p)
+                all_events = [e for p in accepted for e in p.events]
+                if all_events:
+                    await self.store.insert(conn, all_events)
+                    if self.projector is not None:
+                        await self.projector.apply(conn, all_events)
+        except Exception:
+            for p in accepted:  # one by one: each gets its own outcome
+                try:
+                    async with self.transaction() as tx:
+                        await tx.append(p.events, expected_version=p.expected_version)
+                except Exception as exc:
+                    p.future.set_exception(exc)
+                else:
+                    p.future.set_result(None)
+            return
+        for p in accepted:
+            p.future.set_result(None)
+        if accepted:
+            for callback in self._on_commit:
+                callback()
+
+    async def load(self, tenant_id: str, aggregate_id: str) -> list[Envelope]:
+        async with self.read() as conn:
+            return await self.store.load(conn, tenant_id, aggregate_id)
 
     async def run(self, fn: Callable[[Tx], Awaitable[Any]]) -> Any:
         async with self.transaction() as tx:

@@ -48,6 +48,46 @@ class EventStore:
         )
         return [Envelope.model_validate_json(r[0]) for r in await conn.execute(q)]
 
+    async def versions(self, conn: AsyncConnection, aggregate_ids: Sequence[str]) -> dict[str, int]:
+        """Current version of each aggregate (0 for a new one), in one query."""
+        ev = self.t.events
+        found: dict[str, int] = dict.fromkeys(aggregate_ids, 0)
+        ids = list(found)
+        for i in range(0, len(ids), 500):
+            q = (
+                select(ev.c.aggregate_id, func.max(ev.c.aggregate_version))
+                .where(ev.c.aggregate_id.in_(ids[i : i + 500]))
+                .group_by(ev.c.aggregate_id)
+            )
+            for agg, version in await conn.execute(q):
+                found[agg] = int(version)
+        return found
+
+    @staticmethod
+    def check(
+        events: Sequence[Envelope], versions: dict[str, int], expected_version: int | None
+    ) -> None:
+        """Raise ConcurrencyError unless ``events`` continue their aggregates' histories.
+
+        ``versions`` is updated in place, so a batch of commands can be checked one by one.
+        """
+        by_agg: dict[str, list[Envelope]] = defaultdict(list)
+        for e in events:
+            by_agg[e.aggregate_id].append(e)
+        if expected_version is not None and len(by_agg) != 1:
+            raise ValueError("expected_version needs events of exactly one aggregate")
+        for agg_id, evs in by_agg.items():
+            current = versions.get(agg_id, 0)
+            if expected_version is not None and current != expected_version:
+                raise ConcurrencyError(agg_id, expected_version, current)
+            first = evs[0].aggregate_version
+            if first != current + 1 or any(
+                e.aggregate_version != first + i for i, e in enumerate(evs)
+            ):
+                raise ConcurrencyError(agg_id, first - 1, current)
+        for agg_id, evs in by_agg.items():
+            versions[agg_id] = evs[-1].aggregate_version
+
     async def append(
         self,
         conn: AsyncConnection,
@@ -60,20 +100,14 @@ class EventStore:
         Versions must continue each aggregate's history without gaps. A concurrent append of
         the same version is caught by UNIQUE(aggregate_id, aggregate_version) as a backstop.
         """
-        by_agg: dict[str, list[Envelope]] = defaultdict(list)
-        for e in events:
-            by_agg[e.aggregate_id].append(e)
-        if expected_version is not None and len(by_agg) != 1:
-            raise ValueError("expected_version needs events of exactly one aggregate")
-        for agg_id, evs in by_agg.items():
-            current = await self.version(conn, agg_id)
-            if expected_version is not None and current != expected_version:
-                raise ConcurrencyError(agg_id, expected_version, current)
-            first = evs[0].aggregate_version
-            if first != current + 1 or any(
-                e.aggregate_version != first + i for i, e in enumerate(evs)
-            ):
-                raise ConcurrencyError(agg_id, first - 1, current)
+        versions = await self.versions(conn, sorted({e.aggregate_id for e in events}))
+        self.check(events, versions, expected_version)
+        await self.insert(conn, events, expected_version)
+
+    async def insert(
+        self, conn: AsyncConnection, events: Sequence[Envelope], expected: int | None = None
+    ) -> None:
+        """Insert checked events and their outbox rows (two statements for any batch size)."""
         event_rows = []
         outbox_rows = []
         for e in events:
@@ -100,6 +134,5 @@ class EventStore:
         try:
             await conn.execute(insert(self.t.events), event_rows)
         except IntegrityError as exc:
-            agg = events[0].aggregate_id
-            raise ConcurrencyError(agg, expected_version, None) from exc
+            raise ConcurrencyError(events[0].aggregate_id, expected, None) from exc
         await conn.execute(insert(self.t.outbox), outbox_rows)

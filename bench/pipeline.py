@@ -1,0 +1,241 @@
+"""Event pipeline benchmark: Mailroom's write path next to raw JetStream, in the same run.
+
+(a) raw: nats-py JetStream publish with Nats-Msg-Id, pipelined (publish_async), consumed by a
+    durable pull consumer with fetch + ack.
+(b) mailroom: commands appended through the event store (one command = one transaction with its
+    event, projection row and outbox row) → outbox relay → JetStream → a projection consumer and
+    the audit store, end to end (until both have applied every event).
+Latency: commit → audit persistence, paced at a fixed rate.
+
+    python bench/pipeline.py [--events 20000] [--rate 1000] [--seconds 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, MetaData, String, Table, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from libs.common.consumer import Projection  # noqa: E402
+from libs.common.events import CommandContext, EmployeeAdded, Envelope  # noqa: E402
+from libs.common.host import Host  # noqa: E402
+from libs.common.ids import new_id  # noqa: E402
+from libs.common.nats import connect, ensure_streams  # noqa: E402
+from libs.common.natsserver import NatsServer  # noqa: E402
+from libs.common.outbox import OutboxRelay  # noqa: E402
+from libs.common.service import Service  # noqa: E402
+from libs.common.settings import Settings  # noqa: E402
+from libs.common.store.database import Database  # noqa: E402
+from services.audit.app import create_app as create_audit  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def raw_baseline(url: str, n: int) -> float:
+    nc = await connect(url, name="bench-raw")
+    js = nc.jetstream()
+    await js.add_stream(name="RAW", subjects=["raw.>"])
+    sub = await js.pull_subscribe("raw.>", durable="raw", stream="RAW")
+    payload = json.dumps({"name": "Person", "email": "p@example.com"}).encode()
+    consumed = 0
+
+    async def consume() -> None:
+        nonlocal consumed
+        while consumed < n:
+            try:
+                msgs = await sub.fetch(256, timeout=1)
+            except TimeoutError:
+                continue
+            for m in msgs:
+                await m.ack()
+            consumed += len(msgs)
+
+    start = time.perf_counter()
+    consumer = asyncio.create_task(consume())
+    futures = []
+    for i in range(n):
+        futures.append(
+            await js.publish_async(f"raw.e.{i % 100}", payload, headers={"Nats-Msg-Id": new_id()})
+        )
+        if len(futures) >= 1000:
+            await asyncio.gather(*futures)
+            futures.clear()
+    await asyncio.gather(*futures)
+    await consumer
+    elapsed = time.perf_counter() - start
+    await nc.close()
+    return n / elapsed
+
+
+class Sink:
+    """The benchmark's projection: one row per event."""
+
+    def __init__(self) -> None:
+        self.metadata = MetaData()
+        self.table = Table("sink", self.metadata, Column("event_id", String(36), primary_key=True))
+
+    async def apply(self, conn: AsyncConnection, events: Sequence[Envelope]) -> None:
+        await conn.execute(insert(self.table), [{"event_id": e.id} for e in events])
+
+
+class MailroomPath:
+    def __init__(self, url: str, data: Path) -> None:
+        self.url = url
+        self.data = data
+        self.audit_done: dict[str, float] = {}
+        self.sink_count = 0
+
+    async def start(self) -> None:
+        settings = Settings(data_dir=self.data)
+        sink = Sink()
+        sink_db = Database(f"sqlite+aiosqlite:///{self.data / 'sink.db'}", sink.metadata)
+        sink_svc = Service(
+            "sink", sink_db, settings, writes_events=False,
+            projections=[Projection("sink", "mailroom.*.registry.>", sink.apply)],
+        )  # fmt: skip
+        self.host = Host([create_audit(settings), sink_svc], settings, self.url)
+        await self.host.start()
+        self.host.service("audit").consumers[0].on_applied.append(self._audited)
+        sink_svc.consumers[0].on_applied.append(self._sunk)
+        self.db = Database(f"sqlite+aiosqlite:///{self.data / 'producer.db'}", MetaData())
+        await self.db.create_all()
+        self.nc = await connect(self.url, name="bench-producer")
+        await ensure_streams(self.nc.jetstream())
+        self.relay = OutboxRelay(self.db, self.nc.jetstream())
+        self.relay_task = asyncio.create_task(self.relay.run())
+
+    def _audited(self, events: Sequence[Envelope]) -> None:
+        now = time.perf_counter()
+        for e in events:
+            self.audit_done[e.id] = now
+
+    def _sunk(self, events: Sequence[Envelope]) -> None:
+        self.sink_count += len(events)
+
+    async def command(self, i: int) -> tuple[str, float]:
+        """One command: one new employee, its own transaction; returns (event id, commit time)."""
+        env = Envelope.wrap(
+            EmployeeAdded(name=f"Person {i}", email=f"p{i}@example.com"),
+            CommandContext("bench", "admin:bench"),
+            aggregate_id=new_id(),
+            aggregate_version=1,
+        )
+        await self.db.commit([env], expected_version=0)
+        return env.id, time.perf_counter()
+
+    async def throughput(self, n: int, concurrency: int) -> float:
+        self.audit_done.clear()
+        self.sink_count = 0
+        start = time.perf_counter()
+        queue = iter(range(n))
+
+        async def worker() -> None:
+            for i in queue:
+                await self.command(i)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        while len(self.audit_done) < n or self.sink_count < n:
+            await asyncio.sleep(0.002)
+        return n / (time.perf_counter() - start)
+
+    async def latency(self, rate: int, seconds: float) -> list[float]:
+        self.audit_done.clear()
+        committed: dict[str, float] = {}
+        interval = 1.0 / rate
+        start = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            target = start + i * interval
+            delay = target - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.command(i)))
+        for t in tasks:
+            event_id, at = await t
+            committed[event_id] = at
+        deadline = time.perf_counter() + 30
+        while len(self.audit_done) < len(committed) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
+        return [(self.audit_done[k] - v) * 1000 for k, v in committed.items() if k in self.audit_done]
+
+    async def stop(self) -> None:
+        self.relay.stop()
+        self.relay_task.cancel()
+        await asyncio.gather(self.relay_task, return_exceptions=True)
+        await self.nc.close()
+        await self.db.dispose()
+        await self.host.stop()
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NatsServer(Path(tmp) / "nats")
+        server.start()
+        try:
+            raw = await raw_baseline(server.url, args.events)
+            path = MailroomPath(server.url, Path(tmp))
+            await path.start()
+            try:
+                await path.throughput(min(2000, args.events), args.concurrency)  # warm-up
+                e2e = await path.throughput(args.events, args.concurrency)
+                lat = await path.latency(args.rate, args.seconds)
+            finally:
+                await path.stop()
+        finally:
+            server.stop()
+    return {
+        "raw_events_per_s": round(raw, 1),
+        "mailroom_e2e_events_per_s": round(e2e, 1),
+        "ratio": round(e2e / raw, 3),
+        "latency_rate_per_s": args.rate,
+        "commit_to_audit_p50_ms": round(pct(lat, 0.50), 2),
+        "commit_to_audit_p99_ms": round(pct(lat, 0.99), 2),
+        "latency_samples": len(lat),
+        "events": args.events,
+        "concurrency": args.concurrency,
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [
+        ("raw JetStream publish+fetch/ack", f"{r['raw_events_per_s']:,.0f} events/s"),
+        ("Mailroom store→relay→JetStream→projection+audit", f"{r['mailroom_e2e_events_per_s']:,.0f} events/s"),
+        ("ratio Mailroom / raw", f"{r['ratio']:.3f}"),
+        (f"commit→audit p50 at {r['latency_rate_per_s']}/s", f"{r['commit_to_audit_p50_ms']:.1f} ms"),
+        (f"commit→audit p99 at {r['latency_rate_per_s']}/s", f"{r['commit_to_audit_p99_ms']:.1f} ms"),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'measure':<{width}}  value", "-" * (width + 20)]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true")
+    ns = parser.parse_args()
+    result = asyncio.run(main(ns))
+    print(table(result))
+    if ns.json:
+        print(json.dumps(result))

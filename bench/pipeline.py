@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -28,24 +27,24 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libs.common.consumer import Projection  # noqa: E402
-from libs.common.events import CommandContext, EmployeeAdded, Envelope  # noqa: E402
-from libs.common.host import Host  # noqa: E402
-from libs.common.ids import new_id  # noqa: E402
-from libs.common.nats import connect, ensure_streams  # noqa: E402
-from libs.common.natsserver import NatsServer  # noqa: E402
-from libs.common.outbox import OutboxRelay  # noqa: E402
-from libs.common.service import Service  # noqa: E402
-from libs.common.settings import Settings  # noqa: E402
-from libs.common.store.database import Database  # noqa: E402
-from services.audit.app import create_app as create_audit  # noqa: E402
+from libs.common.consumer import Projection
+from libs.common.events import CommandContext, EmployeeAdded, Envelope
+from libs.common.host import Host
+from libs.common.ids import new_id
+from libs.common.nats import connect, ensure_streams
+from libs.common.natsserver import NatsServer
+from libs.common.outbox import OutboxRelay
+from libs.common.service import Service
+from libs.common.settings import Settings
+from libs.common.store.database import Database
+from services.audit.app import create_app as create_audit
 
 
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 async def raw_baseline(url: str, n: int) -> float:
@@ -173,7 +172,9 @@ class MailroomPath:
         deadline = time.perf_counter() + 30
         while len(self.audit_done) < len(committed) and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
-        return [(self.audit_done[k] - v) * 1000 for k, v in committed.items() if k in self.audit_done]
+        return [
+            (self.audit_done[k] - v) * 1000 for k, v in committed.items() if k in self.audit_done
+        ]
 
     async def stop(self) -> None:
         self.relay.stop()
@@ -214,13 +215,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(r: dict[str, Any]) -> str:
+    rate = r["latency_rate_per_s"]
     rows = [
         ("raw JetStream publish+fetch/ack", f"{r['raw_events_per_s']:,.0f} events/s"),
-        ("Mailroom store→relay→JetStream→projection+audit", f"{r['mailroom_e2e_events_per_s']:,.0f} events/s"),
+        (
+            "Mailroom store->relay->JetStream->projection+audit",
+            f"{r['mailroom_e2e_events_per_s']:,.0f} events/s",
+        ),
         ("ratio Mailroom / raw", f"{r['ratio']:.3f}"),
-        (f"commit→audit p50 at {r['latency_rate_per_s']}/s", f"{r['commit_to_audit_p50_ms']:.1f} ms"),
-        (f"commit→audit p99 at {r['latency_rate_per_s']}/s", f"{r['commit_to_audit_p99_ms']:.1f} ms"),
-    ]  # fmt: skip
+        (f"commit->audit p50 at {rate}/s", f"{r['commit_to_audit_p50_ms']:.1f} ms"),
+        (f"commit->audit p99 at {rate}/s", f"{r['commit_to_audit_p99_ms']:.1f} ms"),
+    ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'measure':<{width}}  value", "-" * (width + 20)]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
@@ -228,7 +233,9 @@ def table(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=int, default=1000)

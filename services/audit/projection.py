@@ -53,4 +53,6 @@ async def append_to_chain(conn: AsyncConnection, events: Sequence[Envelope]) -> 
                 .values(tenant_seq=seq, chain_hash=ch)
             )
         else:
-            await conn.execute(insert(heads).values(tenant_id=tenant, tenant_seq=seq, chain_hash=ch))
+            await conn.execute(
+                insert(heads).values(tenant_id=tenant, tenant_seq=seq, chain_hash=ch)
+            )

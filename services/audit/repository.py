@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -60,7 +61,7 @@ class AuditRepository:
         if q.until is not None:
             stmt = stmt.where(entries.c.time < q.until)
         rows = await self.conn.execute(stmt.order_by(entries.c.position).limit(limit))
-        return [domain.StoredEntry(*r) for r in rows]
+        return [_stored(r) for r in rows]
 
     async def chain(self, batch: int = 5000) -> AsyncIterator[domain.StoredEntry]:
         """The tenant's whole chain in order (for verification and export)."""
@@ -72,7 +73,7 @@ class AuditRepository:
                 .order_by(entries.c.tenant_seq)
                 .limit(batch)
             )
-            rows = [domain.StoredEntry(*r) for r in await self.conn.execute(stmt)]
+            rows = [_stored(r) for r in await self.conn.execute(stmt)]
             for r in rows:
                 yield r
             if len(rows) < batch:
@@ -84,6 +85,10 @@ class AuditRepository:
             entries.c.tenant_id == self.tenant_id, entries.c.position == position
         )
         return (await self.conn.execute(stmt)).scalar()
+
+
+def _stored(r: Any) -> domain.StoredEntry:
+    return domain.StoredEntry(r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4]))
 
 
 async def replay_all(conn: AsyncConnection, after: int, limit: int) -> list[tuple[int, Envelope]]:

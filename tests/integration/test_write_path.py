@@ -116,7 +116,9 @@ async def test_audit_stores_each_event_once_in_a_verified_chain(
     await wait_until(lambda: _count_is(audit_stack, 50))
     # A re-publish outside JetStream's duplicate window (new Nats-Msg-Id): applied once only.
     dup = events[3]
-    await producer.js.publish(dup.nats_subject, dup.body(), headers={**dup.to_headers(), "Nats-Msg-Id": "x"})
+    await producer.js.publish(
+        dup.nats_subject, dup.body(), headers={**dup.to_headers(), "Nats-Msg-Id": "x"}
+    )
     await asyncio.sleep(0.5)
     assert await audit_count(audit_stack) == 50
 
@@ -130,7 +132,9 @@ async def test_audit_stores_each_event_once_in_a_verified_chain(
     assert len(r2.json()["items"]) == 15 and r2.json()["next_cursor"] is None
     r = await audit_stack.call("GET", "/v1/audit/events", tenant="globex")
     assert len(r.json()["items"]) == 10
-    r = await audit_stack.call("GET", "/v1/audit/events", params={"aggregate_id": events[0].aggregate_id})
+    r = await audit_stack.call(
+        "GET", "/v1/audit/events", params={"aggregate_id": events[0].aggregate_id}
+    )
     assert [i["event"]["id"] for i in r.json()["items"]] == [events[0].id]
     r = await audit_stack.call("GET", "/v1/audit/export")
     lines = r.text.strip().splitlines()
@@ -151,12 +155,20 @@ async def test_tampering_is_named_by_verify(producer: Producer, audit_stack: Sta
     # An attacker with database access drops the guard and flips one byte of entry 6.
     async with db.write() as conn:
         await conn.execute(text("DROP TRIGGER audit_no_update"))
-        row = (await conn.execute(select(entries.c.position, entries.c.canonical, entries.c.event_id)
-                                  .where(entries.c.tenant_seq == 6))).one()
+        row = (
+            await conn.execute(
+                select(entries.c.position, entries.c.canonical, entries.c.event_id).where(
+                    entries.c.tenant_seq == 6
+                )
+            )
+        ).one()
         flipped = bytearray(row.canonical)
         flipped[10] ^= 0x01
-        await conn.execute(entries.update().where(entries.c.position == row.position)
-                           .values(canonical=bytes(flipped)))
+        await conn.execute(
+            entries.update()
+            .where(entries.c.position == row.position)
+            .values(canonical=bytes(flipped))
+        )
     r = (await audit_stack.call("GET", "/v1/audit/verify")).json()
     assert r["ok"] is False
     assert r["first_bad_tenant_seq"] == 6 and r["first_bad_event_id"] == row.event_id
@@ -179,7 +191,9 @@ async def test_garbage_on_the_bus_is_dead_lettered_never_applied(
 ) -> None:
     good = employee_events(1)[0]
     js = producer.js
-    await js.publish(good.nats_subject, b"not json{", headers={**good.to_headers(), "Nats-Msg-Id": "j"})
+    await js.publish(
+        good.nats_subject, b"not json{", headers={**good.to_headers(), "Nats-Msg-Id": "j"}
+    )
     await js.publish("mailroom.acme.registry.employee.x.EmployeeAdded", b"{}")  # no headers
     unknown = {**good.to_headers(), "ce-type": "mailroom.registry.Nope.v1", "Nats-Msg-Id": "u"}
     await js.publish(good.nats_subject, good.body(), headers=unknown)

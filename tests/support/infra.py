@@ -46,11 +46,13 @@ async def pg_url() -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
     base = os.environ.get(PG_URL_ENV)
     if not base:
-        unavailable(f"PostgreSQL tests need {PG_URL_ENV} (e.g. postgresql+asyncpg://root@127.0.0.1/test)")
+        unavailable(
+            f"PostgreSQL tests need {PG_URL_ENV} (e.g. postgresql+asyncpg://root@127.0.0.1/test)"
+        )
     assert base is not None
     try:
         admin = await _admin_conn(base)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable(f"PostgreSQL at {PG_URL_ENV} is not reachable: {exc}")
     name = f"mr_test_{uuid.uuid4().hex[:12]}"
     await admin.execute(f'CREATE DATABASE "{name}"')

@@ -47,11 +47,21 @@ class Stack:
         assert self.host.runtime.issuer is not None
         return self.host.runtime.issuer.issue(tenant, subject, role)
 
-    def auth(self, tenant: str = "acme", subject: str = "admin", role: Role = "admin") -> dict[str, str]:
+    def auth(
+        self, tenant: str = "acme", subject: str = "admin", role: Role = "admin"
+    ) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(tenant, subject, role)}"}
 
-    async def call(self, method: str, url: str, *, tenant: str = "acme", subject: str = "admin",
-                   role: Role = "admin", **kw: Any) -> httpx.Response:
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        tenant: str = "acme",
+        subject: str = "admin",
+        role: Role = "admin",
+        **kw: Any,
+    ) -> httpx.Response:
         headers = {**self.auth(tenant, subject, role), **kw.pop("headers", {})}
         return await self.client.request(method, url, headers=headers, **kw)
 
@@ -68,7 +78,9 @@ async def start_stack(
     **overrides: Any,
 ) -> Stack:
     settings = make_settings(tmp_path / "data", database_url, nats_url=nats.url, **overrides)
-    apps = [importlib.import_module(f"services.{name}.app").create_app(settings) for name in services]
+    apps = [
+        importlib.import_module(f"services.{name}.app").create_app(settings) for name in services
+    ]
     host = Host(apps, settings, nats.url)
     app = host.app()
     await host.start()

@@ -7,7 +7,6 @@ outbox rows commit together, or none of them do. After commit the outbox relay i
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass

@@ -1,3 +1,9 @@
 """Shared fixtures; the real-server ones live in tests/support."""
 
-pytest_plugins = ["tests.support.infra", "tests.support.stack"]
+pytest_plugins = [
+    "tests.support.tlsca",
+    "tests.support.infra",
+    "tests.support.stack",
+    "tests.support.dovecot",
+    "tests.support.smtpd",
+]

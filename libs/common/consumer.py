@@ -1,6 +1,6 @@
 """Durable JetStream consumers that apply events to a projection exactly once.
 
-A :class:`Projection` is applied by a faststream pull subscriber in batches: the new events of a
+A :class:`Projection` is applied by a durable pull consumer (:mod:`libs.common.pull`) in batches: the new events of a
 batch and their inbox (tracking) rows commit in one transaction, and only then are the messages
 acknowledged. A redelivered or duplicated event finds its inbox row and changes nothing.
 
@@ -8,26 +8,25 @@ Failures: if a batch fails, its messages are applied one by one so that one pois
 hold back the others. A failing message is negatively acknowledged with a growing delay and, at
 ``max_deliver`` deliveries, published to the dead-letter stream with its reason, then acked.
 Garbage (not an envelope, unknown type, subject and envelope disagree) is dead-lettered at once:
-retrying cannot make it valid. faststream's default ack policy is not used (it would terminate a
-failing message, which is then never retried): acks are manual.
+retrying cannot make it valid. Acks are explicit and sent only after the commit (faststream's
+default policy would terminate a failing message, which is then never retried).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from faststream import AckPolicy, Context
-from faststream.nats import ConsumerConfig, JStream, NatsRouter, PullSub
-from faststream.nats.message import NatsBatchMessage
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.base import CATALOGUE, Catalogue, EventDecodeError, UnknownEventType
 from libs.common.events.envelope import Envelope
+from libs.common.pull import PullLoop
 from libs.common.store.database import Database
 from libs.common.subjects import STREAM, dlq_subject
 
@@ -56,11 +55,6 @@ class ConsumerStats:
     batches: int = 0
     last_applied_at: datetime | None = None
     errors: list[str] = field(default_factory=list)
-
-
-async def _no_decode(msg: Any) -> None:
-    """Bodies are decoded by :func:`decode_message`, so garbage cannot fail the whole batch."""
-    return None
 
 
 class BadMessage(Exception):
@@ -101,34 +95,45 @@ class ProjectionConsumer:
         self.backoff_s = list(backoff_s)
         self.stats = ConsumerStats()
         self.on_applied: list[Callable[[Sequence[Envelope]], None]] = []
+        self._loop: PullLoop | None = None
+        self._task: asyncio.Task[None] | None = None
 
-    # --- faststream wiring ----------------------------------------------------------------
-    def attach(self, router: NatsRouter, *, batch_size: int = 256) -> None:
-        @router.subscriber(
-            self.projection.filter_subject,
-            stream=JStream(STREAM, declare=False),
+    # --- running ---------------------------------------------------------------------------
+    def start(self, js: Any, *, batch_size: int = 256) -> None:
+        """Consume with a durable pull consumer until :meth:`stop`."""
+        self._loop = PullLoop(
+            js,
+            stream=STREAM,
             durable=self.projection.durable,
-            pull_sub=PullSub(batch_size=batch_size, timeout=0.5, batch=True),
-            ack_policy=AckPolicy.MANUAL,
-            config=ConsumerConfig(max_deliver=-1, ack_wait=60, max_ack_pending=20_000),
-            title=f"{self.projection.durable}",
-            decoder=_no_decode,
+            filter_subject=self.projection.filter_subject,
+            handle=self._handle_safely,
+            batch=batch_size,
         )
-        async def _handle(
-            body: Any, message: Annotated[NatsBatchMessage, Context("message")]
-        ) -> None:
-            msgs = list(message.raw_message)
-            try:
-                await self.handle_batch(msgs)
-            except Exception as exc:  # e.g. the dead-letter stream is unreachable: retry soon
-                log.warning("%s: batch failed (%s); redelivering", self.name, exc)
-                for m in msgs:
-                    if not m._ackd:
-                        await m.nak(delay=self.backoff_s[0])
+        self._task = asyncio.create_task(self._loop.run(), name=f"consumer-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        assert self._loop is not None
+        self._loop.stop()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._loop.close()
+        self._task = None
+
+    async def _handle_safely(self, msgs: list[Any]) -> None:
+        try:
+            await self.handle_batch(msgs)
+        except Exception as exc:  # e.g. the dead-letter stream is unreachable: retry soon
+            log.warning("%s: batch failed (%s); redelivering", self.name, exc)
+            for m in msgs:
+                if not m._ackd:
+                    await m.nak(delay=self.backoff_s[0])
 
     # --- processing -----------------------------------------------------------------------
     async def handle_batch(self, msgs: list[Any]) -> None:
         self.stats.batches += 1
+        log.debug("%s: batch of %d", self.name, len(msgs))
         good: list[tuple[Any, Envelope]] = []
         for msg in msgs:
             try:

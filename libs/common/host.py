@@ -56,6 +56,8 @@ class Host:
             svc.wire_consumers(lambda: rt.js)
             self.broker.include_router(svc.nats)
         await self.broker.start()
+        for svc in self.services:
+            svc.start_consumers(rt.js)
         self.started = True
 
     async def stop(self) -> None:
@@ -66,7 +68,7 @@ class Host:
             await svc.stop()
         if self.runtime.nc is not None:
             with contextlib.suppress(Exception):
-                await self.runtime.nc.drain()
+                await self.runtime.nc.close()
 
     def service(self, name: str) -> Service:
         for s in self.services:

@@ -64,7 +64,7 @@ class Service:
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def wire_consumers(self, js: Callable[[], Any]) -> None:
-        """Attach one durable consumer per projection to this service's faststream router."""
+        """One durable consumer per projection (started by :meth:`start_consumers`)."""
         for p in self.projections:
             c = ProjectionConsumer(
                 self.db,
@@ -73,8 +73,11 @@ class Service:
                 max_deliver=self.settings.consumer_max_deliver,
                 backoff_s=self.settings.consumer_backoff_s,
             )
-            c.attach(self.nats, batch_size=self.settings.consumer_batch)
             self.consumers.append(c)
+
+    def start_consumers(self, js: Any) -> None:
+        for c in self.consumers:
+            c.start(js, batch_size=self.settings.consumer_batch)
 
     async def start(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -93,6 +96,8 @@ class Service:
         for hook in self.on_stop:
             with contextlib.suppress(Exception):
                 await hook(self, self.runtime)  # type: ignore[arg-type]
+        for c in self.consumers:
+            await c.stop()
         if self.relay:
             self.relay.stop()
         for t in self._tasks:

@@ -42,7 +42,7 @@ def email_message(to: str = "rcpt@example.test", subject: str = "Hi") -> EmailMe
 
 
 # ------------------------------------------------------------------ IMAP ---
-def test_imap_starttls_login_select_fetch(dovecot: Dovecot) -> None:  # noqa: F811
+def test_imap_starttls_login_select_fetch(dovecot: Dovecot) -> None:
     user, password = dovecot.new_user()
     uid = dovecot.deliver(user, raw_message("starttls fetch"))
     with imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=10) as imap:
@@ -54,13 +54,13 @@ def test_imap_starttls_login_select_fetch(dovecot: Dovecot) -> None:  # noqa: F8
         assert b"Subject: starttls fetch" in data[0][1]
 
 
-def test_imap_plaintext_login_is_allowed_by_default(dovecot: Dovecot) -> None:  # noqa: F811
+def test_imap_plaintext_login_is_allowed_by_default(dovecot: Dovecot) -> None:
     user, password = dovecot.new_user()
     with imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=10) as imap:
         assert imap.login(user, password)[0] == "OK"
 
 
-def test_imap_plaintext_auth_can_be_disabled(dovecot_factory) -> None:  # noqa: F811
+def test_imap_plaintext_auth_can_be_disabled(dovecot_factory) -> None:
     server = dovecot_factory(allow_plaintext_auth=False)
     user, password = server.new_user()
     with imaplib.IMAP4(server.host, server.imap_port, timeout=10) as imap:
@@ -69,7 +69,7 @@ def test_imap_plaintext_auth_can_be_disabled(dovecot_factory) -> None:  # noqa: 
         assert imap.login(user, password)[0] == "OK"
 
 
-async def test_imaps_implicit_tls_idle_sees_delivery(dovecot: Dovecot) -> None:  # noqa: F811
+async def test_imaps_implicit_tls_idle_sees_delivery(dovecot: Dovecot) -> None:
     user, password = dovecot.new_user()
     client = aioimaplib.IMAP4_SSL(
         dovecot.host, dovecot.imaps_port, ssl_context=dovecot.pki.client_context(), timeout=10
@@ -86,7 +86,7 @@ async def test_imaps_implicit_tls_idle_sees_delivery(dovecot: Dovecot) -> None: 
     await client.logout()
 
 
-def test_password_change_makes_old_password_fail(dovecot: Dovecot) -> None:  # noqa: F811
+def test_password_change_makes_old_password_fail(dovecot: Dovecot) -> None:
     user, old = dovecot.new_user()
     dovecot.set_password(user, "brand-new-password")
     with imaplib.IMAP4(dovecot.host, dovecot.imap_port, timeout=10) as imap:
@@ -96,7 +96,7 @@ def test_password_change_makes_old_password_fail(dovecot: Dovecot) -> None:  # n
         assert imap.login(user, "brand-new-password")[0] == "OK"
 
 
-def test_restart_keeps_mail_and_ports(dovecot_factory) -> None:  # noqa: F811
+def test_restart_keeps_mail_and_ports(dovecot_factory) -> None:
     server: Dovecot = dovecot_factory()
     user, password = server.new_user()
     server.deliver(user, raw_message("survives restart"))
@@ -111,7 +111,7 @@ def test_restart_keeps_mail_and_ports(dovecot_factory) -> None:  # noqa: F811
         assert imap.select("Projects/2026") == ("OK", [b"1"])
 
 
-def test_delete_message_and_quota(dovecot: Dovecot) -> None:  # noqa: F811
+def test_delete_message_and_quota(dovecot: Dovecot) -> None:
     user, password = dovecot.new_user(quota="1M")
     first = dovecot.deliver(user, raw_message("one"))
     second = dovecot.deliver(user, raw_message("two"))
@@ -124,7 +124,7 @@ def test_delete_message_and_quota(dovecot: Dovecot) -> None:  # noqa: F811
         assert b"STORAGE" in data[1][0] and b" 1024)" in data[1][0], data
 
 
-def test_imap_untrusted_certificate_is_rejected(dovecot_factory, tmp_path: Path) -> None:  # noqa: F811
+def test_imap_untrusted_certificate_is_rejected(dovecot_factory, tmp_path: Path) -> None:
     server: Dovecot = dovecot_factory(pki=make_untrusted_pki(tmp_path))
     with pytest.raises(ssl.SSLCertVerificationError):
         imaplib.IMAP4_SSL(
@@ -133,7 +133,7 @@ def test_imap_untrusted_certificate_is_rejected(dovecot_factory, tmp_path: Path)
 
 
 # ------------------------------------------------------------------ POP3 ---
-def test_pop3_stls_and_pop3s_uidl_retr(dovecot: Dovecot) -> None:  # noqa: F811
+def test_pop3_stls_and_pop3s_uidl_retr(dovecot: Dovecot) -> None:
     user, password = dovecot.new_user()
     dovecot.deliver(user, raw_message("pop one"))
     dovecot.deliver(user, raw_message("pop two"))
@@ -163,7 +163,7 @@ def test_pop3_stls_and_pop3s_uidl_retr(dovecot: Dovecot) -> None:  # noqa: F811
 
 
 # ------------------------------------------------------------------ SMTP ---
-async def test_smtp_starttls_auth_send_is_recorded(smtpd: SmtpServer) -> None:  # noqa: F811
+async def test_smtp_starttls_auth_send_is_recorded(smtpd: SmtpServer) -> None:
     await aiosmtplib.send(
         email_message(subject="via starttls"),
         hostname=smtpd.host,
@@ -183,7 +183,7 @@ async def test_smtp_starttls_auth_send_is_recorded(smtpd: SmtpServer) -> None:  
 
 
 @pytest.mark.parametrize("mechanism", ["plain", "login"])
-async def test_smtp_implicit_tls_auth_mechanisms(smtpd: SmtpServer, mechanism: str) -> None:  # noqa: F811
+async def test_smtp_implicit_tls_auth_mechanisms(smtpd: SmtpServer, mechanism: str) -> None:
     smtpd.add_user("other@example.test", "other-pw")
     async with _smtp(smtpd) as client:
         await client.ehlo()
@@ -205,7 +205,7 @@ def _smtp(server: SmtpServer, **kwargs: object) -> aiosmtplib.SMTP:
     return aiosmtplib.SMTP(**params)  # type: ignore[arg-type]
 
 
-async def test_smtp_rejected_recipient_gets_550(smtpd: SmtpServer) -> None:  # noqa: F811
+async def test_smtp_rejected_recipient_gets_550(smtpd: SmtpServer) -> None:
     smtpd.reject_recipients("nobody@example.test")
     async with _smtp(smtpd, username=DEFAULT_USER, password=DEFAULT_PASSWORD) as client:
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as exc:
@@ -218,7 +218,7 @@ async def test_smtp_rejected_recipient_gets_550(smtpd: SmtpServer) -> None:  # n
     assert smtpd.messages[0].rcpt_tos == ["ok@example.test"]
 
 
-async def test_smtp_wrong_password_gets_535(smtpd: SmtpServer) -> None:  # noqa: F811
+async def test_smtp_wrong_password_gets_535(smtpd: SmtpServer) -> None:
     async with _smtp(smtpd) as client:
         with pytest.raises(aiosmtplib.SMTPAuthenticationError) as exc:
             await client.login(DEFAULT_USER, "wrong")
@@ -226,7 +226,7 @@ async def test_smtp_wrong_password_gets_535(smtpd: SmtpServer) -> None:  # noqa:
     assert smtpd.auth_attempts and all(a == (DEFAULT_USER, False) for a in smtpd.auth_attempts)
 
 
-async def test_smtp_auth_before_starttls_is_refused(smtpd: SmtpServer) -> None:  # noqa: F811
+async def test_smtp_auth_before_starttls_is_refused(smtpd: SmtpServer) -> None:
     client = aiosmtplib.SMTP(
         hostname=smtpd.host, port=smtpd.starttls_port, start_tls=False, timeout=10
     )
@@ -237,7 +237,7 @@ async def test_smtp_auth_before_starttls_is_refused(smtpd: SmtpServer) -> None: 
         assert response.code == 530
 
 
-async def test_smtp_transient_failures(smtpd: SmtpServer) -> None:  # noqa: F811
+async def test_smtp_transient_failures(smtpd: SmtpServer) -> None:
     smtpd.fail(451, "data", times=1)
     smtpd.fail(421, "mail", times=1)
     login = {"username": DEFAULT_USER, "password": DEFAULT_PASSWORD}
@@ -253,7 +253,7 @@ async def test_smtp_transient_failures(smtpd: SmtpServer) -> None:  # noqa: F811
     assert [m.message()["Subject"] for m in smtpd.messages] == ["third time lucky"]
 
 
-async def test_smtp_hang_and_blackhole_time_out(smtpd: SmtpServer) -> None:  # noqa: F811
+async def test_smtp_hang_and_blackhole_time_out(smtpd: SmtpServer) -> None:
     smtpd.hang("data")
     async with _smtp(smtpd, username=DEFAULT_USER, password=DEFAULT_PASSWORD) as client:
         with pytest.raises(aiosmtplib.SMTPTimeoutError):
@@ -263,7 +263,7 @@ async def test_smtp_hang_and_blackhole_time_out(smtpd: SmtpServer) -> None:  # n
         await aiosmtplib.SMTP(hostname=smtpd.host, port=smtpd.blackhole_port, timeout=0.3).connect()
 
 
-async def test_smtp_restart_same_port_and_untrusted_cert(smtpd_factory, tmp_path: Path) -> None:  # noqa: F811
+async def test_smtp_restart_same_port_and_untrusted_cert(smtpd_factory, tmp_path: Path) -> None:
     server: SmtpServer = smtpd_factory()
     port = server.tls_port
     await asyncio.to_thread(server.restart)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +45,10 @@ class Host:
         self.started = False
 
     async def start(self) -> None:
+        # aiosqlite runs every statement on a worker thread; with the default 5 ms GIL switch
+        # interval a busy event loop makes each hand-back wait up to 5 ms (bench/pipeline.py:
+        # group commit 1.9k → 3.9k commands/s at 1 ms).
+        sys.setswitchinterval(self.settings.gil_switch_interval_s)
         rt = self.runtime
         rt.nc = await connect(
             self.nats_url, name="mailroom-" + "-".join(s.name for s in self.services)

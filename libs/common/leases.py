@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from libs.common.errors import MailroomError, Unavailable
 from libs.common.events.registry import Server
+from libs.common.logs import remember_secret
 from libs.common.subjects import rpc_subject
 
 LEASE_SUBJECT = rpc_subject("registry", "lease")
@@ -98,7 +99,9 @@ async def lease_credential(
     try:
         reply = json.loads(msg.data)
         if reply.get("ok") is True:
-            return Lease.model_validate(reply["lease"])
+            lease = Lease.model_validate(reply["lease"])
+            remember_secret(lease.secret.get_secret_value())  # never in this process's logs
+            return lease
         error = reply["error"]
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError, AttributeError, ValidationError):

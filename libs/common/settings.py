@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     consumer_backoff_s: list[float] = Field(default_factory=lambda: [0.2, 1.0, 5.0, 15.0])
     relay_batch: int = 512
     log_level: str = "INFO"
+    gil_switch_interval_s: float = 0.001
     otel_enabled: bool = False
 
     def database_url_for(self, service: str) -> str:

@@ -73,6 +73,20 @@ class _Pending:
     future: asyncio.Future[None]
 
 
+def _self_checked(p: _Pending) -> bool:
+    """True when UNIQUE(aggregate_id, aggregate_version) alone proves the command's check:
+    one aggregate, contiguous versions that start right after the expected version (or at 1)."""
+    evs = p.events
+    if not evs or any(e.aggregate_id != evs[0].aggregate_id for e in evs):
+        return False
+    first = evs[0].aggregate_version
+    if any(e.aggregate_version != first + i for i, e in enumerate(evs)):
+        return False
+    if p.expected_version is None:
+        return first == 1
+    return first == p.expected_version + 1
+
+
 class Tx:
     """One transaction of the write path."""
 
@@ -187,14 +201,26 @@ class Database:
         accepted: list[_Pending] = []
         try:
             async with self.write() as conn:
-                ids = sorted({e.aggregate_id for p in batch for e in p.events})
-                versions = await self.store.versions(conn, ids)
+                # Versions are read only for commands that cannot be checked without them:
+                # a command that continues from the version it loaded (or creates version 1)
+                # is guarded by UNIQUE(aggregate_id, aggregate_version) — a lost race fails
+                # the insert, and the one-by-one retry below names the conflict precisely.
+                unsure = sorted(
+                    {e.aggregate_id for p in batch if not _self_checked(p) for e in p.events}
+                )
+                versions = await self.store.versions(conn, unsure) if unsure else {}
+                seen: set[tuple[str, int]] = set()
                 for p in batch:
+                    keys = {(e.aggregate_id, e.aggregate_version) for e in p.events}
                     try:
-                        self.store.check(p.events, versions, p.expected_version)
+                        if not _self_checked(p):
+                            self.store.check(p.events, versions, p.expected_version)
+                        elif keys & seen:  # two commands of this batch race each other
+                            raise ConcurrencyError(p.events[0].aggregate_id, None, None)
                     except (ConcurrencyError, ValueError) as exc:
                         p.future.set_exception(exc)
                         continue
+                    seen |= keys
                     accepted.append(p)
                 all_events = [e for p in accepted for e in p.events]
                 if all_events:

@@ -2,7 +2,8 @@
 
 A :class:`Projection` is applied by a durable pull consumer (:mod:`libs.common.pull`) in
 batches: the new events of a batch and their inbox (tracking) rows commit in one transaction,
-and only then are the messages acknowledged. A redelivered or duplicated event finds its inbox row and changes nothing.
+and only then are the messages acknowledged. A redelivered or duplicated event finds its inbox
+row and changes nothing.
 
 Failures: if a batch fails, its messages are applied one by one so that one poison event cannot
 hold back the others. A failing message is negatively acknowledged with a growing delay and, at

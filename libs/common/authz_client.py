@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from libs.common.auth import Principal
 from libs.common.errors import Forbidden
@@ -36,8 +35,7 @@ log = logging.getLogger("mailroom.authz_client")
 CHECK_SUBJECT = rpc_subject("authz", "check")
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """The answer to a check: allowed or not, and why.
 
     ``reason`` is a machine code: allowed by ``admin``, ``owner``, ``grant``, ``department`` or
@@ -46,7 +44,8 @@ class Decision:
     ``unknown_action``, ``other_tenant``, ``stale``, ``bad_request`` or ``unavailable``.
     ``level`` is the highest level the principal holds on the mailbox (also when denied),
     ``source``/``grantee`` name what gave it (``grantee`` e.g. ``department:sales``) and
-    ``on_behalf`` tells a sender to set a ``Sender`` header.
+    ``on_behalf`` tells a sender to set a ``Sender`` header. (A named tuple: immutable and
+    cheap to make, as checks are the hot path.)
     """
 
     allowed: bool
@@ -59,7 +58,7 @@ class Decision:
     revision: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @classmethod
     def from_json(cls, doc: Any) -> Decision:

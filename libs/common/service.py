@@ -79,13 +79,17 @@ class Service:
         for c in self.consumers:
             c.start(js, batch_size=self.settings.consumer_batch)
 
-    async def start(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    async def migrate(self) -> None:
+        """Create the schema if missing, with its database-level guards."""
         await self.db.create_all()
         if self.schema_setup:
             async with self.db.write() as conn:
                 for stmt in self.schema_setup:
                     await conn.exec_driver_sql(stmt)
+
+    async def start(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        await self.migrate()
         if self.writes_events:
             self.relay = OutboxRelay(self.db, runtime.js, batch=self.settings.relay_batch)
             self._tasks.append(asyncio.create_task(self.relay.run(), name=f"{self.name}-relay"))

@@ -39,6 +39,7 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             num_replicas=replicas,
             duplicate_window=DUPLICATE_WINDOW_S,
             discard=DiscardPolicy.OLD,
+            allow_atomic=True,  # the outbox relay publishes a batch as one atomic write
         ),
         StreamConfig(
             name=DLQ_STREAM,

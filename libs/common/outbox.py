@@ -1,10 +1,13 @@
 """The outbox relay: publishes committed events to JetStream, in commit order, exactly once.
 
-Rows are read in outbox order and published pipelined (``publish_async``) with ``Nats-Msg-Id``
-= event id, so JetStream drops a re-publish inside its duplicate window and consumers drop any
-other by their inbox. Only the acknowledged prefix of a batch is deleted: after a failure the
-relay retries from the first unacknowledged row, so the stream never gets a later event of an
-aggregate before an earlier one. While NATS is down, events wait in the outbox.
+Rows are read in outbox order and published as one JetStream *atomic batch* (one write and one
+fsync for up to 1,000 events, all stored or none) with ``Nats-Msg-Id`` = event id, so JetStream
+drops a re-publish inside its duplicate window and consumers drop any other by their inbox. If a
+batch was stored but its acknowledgement lost, the retry is refused as a whole for its duplicate
+ids; the relay then publishes that batch message by message (pipelined), where each duplicate is
+dropped on its own. There, only the acknowledged prefix is deleted: the relay retries from the
+first unacknowledged row, so the stream never gets a later event of an aggregate before an
+earlier one. While NATS is down, events wait in the outbox.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -19,6 +24,11 @@ from sqlalchemy import delete, func, select
 from libs.common.store.database import Database
 
 log = logging.getLogger("mailroom.outbox")
+
+# JetStream errors for which the batch is published again message by message:
+# 10201 a message id of the batch is a duplicate (an earlier attempt was stored),
+# 10174/10199/10200 atomic publish disabled / batch incomplete / too large.
+_BATCH_REFUSED = {10201, 10174, 10199, 10200}
 
 
 class OutboxRelay:
@@ -33,7 +43,7 @@ class OutboxRelay:
     ) -> None:
         self.db = db
         self.js = js
-        self.batch = batch
+        self.batch = min(batch, 1000)  # JetStream atomic batches hold at most 1,000
         self.poll_interval = poll_interval
         self.ack_timeout = ack_timeout
         self._wake = asyncio.Event()
@@ -73,6 +83,35 @@ class OutboxRelay:
         self._stopping = True
         self._wake.set()
 
+    async def _publish_atomic(self, rows: Sequence[Any]) -> bool:
+        """Publish rows as one atomic batch; False if the stream refused it (duplicates)."""
+        nc = self.js._nc
+        batch_id = uuid.uuid4().hex
+        last = len(rows)
+        for i, row in enumerate(rows, 1):
+            headers = json.loads(row.headers)
+            headers["Nats-Batch-Id"] = batch_id
+            headers["Nats-Batch-Sequence"] = str(i)
+            if i < last:
+                await nc.publish(row.subject, row.body, headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            reply = await nc.request(
+                row.subject, row.body, headers=headers, timeout=self.ack_timeout
+            )
+            answer = json.loads(reply.data)
+            error = answer.get("error")
+            if error is None:
+                return True
+            if error.get("err_code") in _BATCH_REFUSED:
+                log.info(
+                    "outbox relay: atomic batch refused (%s); publishing one by one",
+                    error.get("description"),
+                )
+                return False
+            raise RuntimeError(f"JetStream refused the batch: {error.get('description')}")
+        return False
+
     async def drain_once(self) -> int:
         """Publish one batch; return how many rows were published (0 when the outbox is empty)."""
         self._wake.clear()
@@ -87,6 +126,11 @@ class OutboxRelay:
             ).all()
         if not rows:
             return 0
+        if len(rows) > 1 and await self._publish_atomic(rows):
+            async with self.db.write() as conn:
+                await conn.execute(delete(ob).where(ob.c.seq <= rows[-1].seq))
+            self.published += len(rows)
+            return len(rows)
         futures = []
         error: BaseException | None = None
         for row in rows:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -121,4 +122,36 @@ def test_up_serves_the_api_and_keeps_data_across_restarts(up: Up) -> None:
         assert len(items) == 2  # nothing replayed twice after the restart
         verify = c.get("/v1/audit/verify").json()
         assert verify["ok"] is True and verify["checked"] == 2
+    _cli_against(up)
     assert up.stop() == 0
+
+
+def _mailroom(up: Up, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "MAILROOM_DATA_DIR": str(up.data_dir),
+        "MAILROOM_API": up.base,
+        "MAILROOM_HTTP_PORT": str(up.port),
+    }
+    env.pop("MAILROOM_NATS_URL", None)
+    mailroom = Path(sys.executable).with_name("mailroom")
+    return subprocess.run(  # noqa: S603
+        [str(mailroom), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _cli_against(up: Up) -> None:
+    """The CLI's commands against the running stack."""
+    out = _mailroom(up, "tokens", "create", "--employee", "e-42", "--tenant", "demo")
+    assert out.returncode == 0, out.stderr
+    token = out.stdout.strip().splitlines()[-1]
+    r = httpx.get(f"{up.base}/v1/audit/verify", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 403  # a valid employee token, but not an admin
+    bad = _mailroom(up, "tokens", "create", "--admin", "--employee", "x")
+    assert bad.returncode == 2
+    out = _mailroom(up, "audit", "verify")
+    assert out.returncode == 0 and "intact" in out.stderr and "2 entries" in out.stderr
+    out = _mailroom(up, "events", "tail", "--from-start", "--count", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [e["data"]["name"] for e in lines] == ["Ada Lovelace", "Grace Hopper"]

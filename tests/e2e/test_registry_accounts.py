@@ -11,6 +11,7 @@ from libs.common.auth import Principal
 from libs.common.errors import Forbidden
 from libs.common.natsserver import NatsServer
 from services.registry.permissions import Action
+from tests.support import registry as support
 from tests.support.registry import (
     IMAPS,
     SUBMISSION,
@@ -18,13 +19,13 @@ from tests.support.registry import (
     blob_count,
     create,
     imap_account,
-    registry_stack,  # noqa: F401  (fixture)
     start_custom,
     stop,
 )
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.connected, pytest.mark.e2e]
+registry_stack = support.registry_stack  # the fixture
 
 
 def err(r: Any) -> str:
@@ -37,8 +38,16 @@ async def test_lifecycle_events_reach_the_audit_trail(registry_stack: Stack) -> 
     assert a["status"] == "active" and a["has_credential"] and a["credential_version"] == 1
     assert "password" not in a and a["forwarding"] == ["boss@example.com"]
     url = f"/v1/accounts/{a['id']}"
-    r = await s.call("PATCH", url, json={"display_name": "Alice B", "polling_interval_s": 300,
-                                         "send_as_name": "Alice", "daily_send_limit": 500})
+    r = await s.call(
+        "PATCH",
+        url,
+        json={
+            "display_name": "Alice B",
+            "polling_interval_s": 300,
+            "send_as_name": "Alice",
+            "daily_send_limit": 500,
+        },
+    )
     assert r.status_code == 200 and r.json()["display_name"] == "Alice B"
     assert r.headers["etag"] == '"2"'
     r = await s.call("POST", f"{url}/disable", json={"reason": "on leave"})
@@ -46,18 +55,30 @@ async def test_lifecycle_events_reach_the_audit_trail(registry_stack: Stack) -> 
     r = await s.call("POST", f"{url}/reactivate")
     assert r.status_code == 200 and r.json()["status"] == "active"
     r = await s.call("DELETE", url)
-    assert r.status_code == 200 and r.json() == {"id": a["id"], "address": "alice@example.com",
-                                                 "deleted": True, "credential_shredded": True}
+    assert r.status_code == 200 and r.json() == {
+        "id": a["id"],
+        "address": "alice@example.com",
+        "deleted": True,
+        "credential_shredded": True,
+    }
     assert await blob_count(s, a["id"]) == 0
     assert (await s.call("GET", url)).status_code == 404
     assert await audit_types(s, a["id"], 5) == [
-        "AccountAdded", "AccountUpdated", "AccountDisabled", "AccountReactivated",
-        "AccountDeleted"]
+        "AccountAdded",
+        "AccountUpdated",
+        "AccountDisabled",
+        "AccountReactivated",
+        "AccountDeleted",
+    ]
     r = await s.call("GET", "/v1/audit/events", params={"aggregate_id": a["id"]})
     updated = r.json()["items"][1]["event"]
     assert updated["actor"] == "admin:admin"
-    assert updated["data"]["changed"] == ["display_name", "polling_interval_s", "send_as_name",
-                                          "daily_send_limit"]
+    assert updated["data"]["changed"] == [
+        "display_name",
+        "polling_interval_s",
+        "send_as_name",
+        "daily_send_limit",
+    ]
     assert all("hunter2" not in str(i) for i in r.json()["items"])
 
 
@@ -73,7 +94,7 @@ async def test_disabled_account_refuses_edits_but_can_be_deleted(registry_stack:
     r = await s.call("POST", f"{url}/disable")
     assert r.status_code == 409 and err(r) == "already_disabled"
     assert (await s.call("GET", url)).json()["version"] == 2  # nothing was written
-    assert (await s.call("DELETE", url)).status_code == 200
+    assert (await s.call("DELETE", url)).json()["credential_shredded"] is True
     r = await s.call("POST", f"{url}/reactivate")
     assert r.status_code == 404 and err(r) == "account_deleted"
 
@@ -121,8 +142,7 @@ async def test_insecure_server_with_opt_in_and_update_validation(registry_stack:
 
 async def test_duplicate_address_is_409(registry_stack: Stack) -> None:
     await create(registry_stack)
-    r = await registry_stack.call("POST", "/v1/accounts",
-                                  json=imap_account("ALICE@example.com"))
+    r = await registry_stack.call("POST", "/v1/accounts", json=imap_account("ALICE@example.com"))
     assert r.status_code == 409 and err(r) == "duplicate_address"
     await create(registry_stack, tenant="globex")  # the same address in another tenant
 
@@ -143,13 +163,30 @@ async def test_idempotent_create(registry_stack: Stack) -> None:
 
 async def test_preset_create_and_list_filters(registry_stack: Stack) -> None:
     s = registry_stack
-    g = await create(s, {"address": "team@gmail.com", "preset_id": "gmail",
-                         "ownership": "shared", "password": "app-pw"})
+    g = await create(
+        s,
+        {
+            "address": "team@gmail.com",
+            "preset_id": "gmail",
+            "ownership": "shared",
+            "password": "app-pw",
+        },
+    )
     assert (g["protocol"], g["incoming"]["host"], g["auth_mode"]) == (
-        "gmail", "imap.gmail.com", "app_password")
+        "gmail",
+        "imap.gmail.com",
+        "app_password",
+    )
     a = await create(s)
-    p = await create(s, imap_account("pop@example.com", protocol="pop3", leave_on_server=False,
-                                     incoming={**IMAPS, "port": 995}))
+    p = await create(
+        s,
+        imap_account(
+            "pop@example.com",
+            protocol="pop3",
+            leave_on_server=False,
+            incoming={**IMAPS, "port": 995},
+        ),
+    )
     await s.call("POST", f"/v1/accounts/{p['id']}/disable")
 
     async def ids(**params: Any) -> list[str]:
@@ -192,8 +229,7 @@ async def test_owner_may_configure_their_account_others_may_not(registry_stack: 
     as_eve = {"subject": eve, "role": "employee"}
     r = await s.call("PATCH", f"/v1/accounts/{mine['id']}", json={"display_name": "E"}, **as_eve)
     assert r.status_code == 200
-    r = await s.call("PATCH", f"/v1/accounts/{other['id']}", json={"display_name": "E"},
-                     **as_eve)
+    r = await s.call("PATCH", f"/v1/accounts/{other['id']}", json={"display_name": "E"}, **as_eve)
     assert r.status_code == 403 and err(r) == "not_permitted"
     r = await s.call("GET", f"/v1/accounts/{other['id']}", **as_eve)
     assert r.status_code == 403
@@ -209,8 +245,14 @@ class DenyConfigure:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str | None, str]] = []
 
-    async def require(self, principal: Principal, mailbox_id: str | None, action: Action, *,
-                      at_least_as_fresh: str | None = None) -> None:
+    async def require(
+        self,
+        principal: Principal,
+        mailbox_id: str | None,
+        action: Action,
+        *,
+        at_least_as_fresh: str | None = None,
+    ) -> None:
         self.asked.append((principal.subject, mailbox_id, action))
         if action == "configure" and mailbox_id is not None:
             raise Forbidden("denied by policy", code="denied")
@@ -233,10 +275,14 @@ async def test_a_plugged_in_permissions_implementation_decides(
 
 async def test_openapi_documents_models_and_errors(registry_stack: Stack) -> None:
     doc = (await registry_stack.client.get("/openapi.json")).json()
-    ops = [(path, method, op) for path, item in doc["paths"].items()
-           if path.startswith(("/v1/accounts", "/v1/employees", "/v1/departments",
-                               "/v1/admin/keys", "/v1/presets"))
-           for method, op in item.items()]
+    ops = [
+        (path, method, op)
+        for path, item in doc["paths"].items()
+        if path.startswith(
+            ("/v1/accounts", "/v1/employees", "/v1/departments", "/v1/admin/keys", "/v1/presets")
+        )
+        for method, op in item.items()
+    ]
     assert len(ops) >= 16
     for path, method, op in ops:
         ok = next(code for code in op["responses"] if code.startswith("2"))

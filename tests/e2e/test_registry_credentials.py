@@ -15,16 +15,17 @@ from libs.common.nats import connect
 from services.registry.keyring import KeyRing
 from services.registry.settings import EMBEDDED_KEK_FILE
 from services.registry.tables import credential_blobs
+from tests.support import registry as support
 from tests.support.registry import (
     audit_types,
     blob_count,
     create,
     imap_account,
-    registry_stack,  # noqa: F401  (fixture)
 )
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.connected, pytest.mark.e2e]
+registry_stack = support.registry_stack  # the fixture
 
 
 @pytest.fixture
@@ -54,7 +55,10 @@ async def test_lease_returns_the_secret_and_is_audited(registry_stack: Stack, nc
     assert lease.secret.get_secret_value() == "open sesame"
     assert "open sesame" not in repr(lease) and "open sesame" not in str(lease)
     assert (lease.account_id, lease.username, lease.auth_mode) == (
-        a["id"], "alice@example.com", "password")
+        a["id"],
+        "alice@example.com",
+        "password",
+    )
     assert lease.incoming is not None and lease.incoming.host == "imap.example.com"
     assert before < lease.lease_expires_at <= datetime.now(UTC) + timedelta(seconds=301)
     assert await audit_types(s, a["id"], 2) == ["AccountAdded", "CredentialAccessed"]
@@ -107,16 +111,23 @@ async def test_replace_credential(registry_stack: Stack, nc: Any) -> None:
     assert r.json()["has_credential"] and "new-pw" not in r.text
     [(account_id, version, _, new_blob)] = await blobs(s)  # the old blob is gone
     assert (account_id, version) == (a["id"], 2) and new_blob != old_blob
-    assert (await lease_credential(nc, "acme", a["id"], "sender", "x")).secret \
-        .get_secret_value() == "new-pw"
+    assert (
+        await lease_credential(nc, "acme", a["id"], "sender", "x")
+    ).secret.get_secret_value() == "new-pw"
     bare = await create(s, imap_account("nopw@example.com", password=None))
     assert not bare["has_credential"] and bare["credential_version"] is None
     r = await s.call("PUT", f"/v1/accounts/{bare['id']}/credential", json={"password": "first"})
     assert r.json()["credential_version"] == 1
+    empty = await create(s, imap_account("empty@example.com", password=None))
+    r = await s.call("DELETE", f"/v1/accounts/{empty['id']}")
+    assert r.json()["credential_shredded"] is False
     r = await s.call("PUT", f"/v1/accounts/{a['id']}/credential", json={"password": ""})
     assert r.status_code == 422
     assert await audit_types(s, a["id"], 3) == [
-        "AccountAdded", "CredentialRotated", "CredentialAccessed"]
+        "AccountAdded",
+        "CredentialRotated",
+        "CredentialAccessed",
+    ]
     r = await s.call("GET", "/v1/audit/events", params={"aggregate_id": a["id"]})
     assert r.json()["items"][1]["event"]["data"]["cause"] == "replaced"
 
@@ -129,8 +140,9 @@ async def test_a_rolled_back_blob_does_not_open(registry_stack: Stack, nc: Any) 
     await s.call("PUT", f"/v1/accounts/{a['id']}/credential", json={"password": "v2"})
     b = credential_blobs.c
     async with s.host.service("registry").db.write() as conn:
-        await conn.execute(credential_blobs.update().where(b.account_id == a["id"])
-                           .values(blob=old[3]))
+        await conn.execute(
+            credential_blobs.update().where(b.account_id == a["id"]).values(blob=old[3])
+        )
     with pytest.raises(LeaseRefused) as info:
         await lease_credential(nc, "acme", a["id"], "sync", "poll")
     assert info.value.code == "credential_unavailable"
@@ -138,13 +150,18 @@ async def test_a_rolled_back_blob_does_not_open(registry_stack: Stack, nc: Any) 
 
 async def test_kek_rotation_and_retirement(registry_stack: Stack, nc: Any) -> None:
     s = registry_stack
-    accounts = [await create(s, imap_account(f"u{i}@example.com", password=f"pw-{i}"))
-                for i in range(3)]
+    accounts = [
+        await create(s, imap_account(f"u{i}@example.com", password=f"pw-{i}")) for i in range(3)
+    ]
     await s.call("POST", f"/v1/accounts/{accounts[0]['id']}/disable")
     other = await create(s, imap_account("x@example.com", password="g"), tenant="globex")
     status = (await s.call("GET", "/v1/admin/keys")).json()
-    assert status == {"active_version": 1, "versions": [1], "managed": True,
-                      "blobs_by_version": {"1": 3}}
+    assert status == {
+        "active_version": 1,
+        "versions": [1],
+        "managed": True,
+        "blobs_by_version": {"1": 3},
+    }
     r = await s.call("POST", "/v1/admin/keys/retire", json={"version": 1})
     assert r.status_code == 409 and err(r) == "kek_active"
     before = {row[0]: row[3] for row in await blobs(s)}
@@ -152,8 +169,13 @@ async def test_kek_rotation_and_retirement(registry_stack: Stack, nc: Any) -> No
     r = await s.call("POST", "/v1/admin/keys/rotate")
     assert r.status_code == 200, r.text
     assert r.json() | {"versions": None} == {
-        "generated": True, "active_version": 2, "versions": None, "rewrapped": 3,
-        "failed": [], "blobs_by_version": {"2": 3}}
+        "generated": True,
+        "active_version": 2,
+        "versions": None,
+        "rewrapped": 3,
+        "failed": [],
+        "blobs_by_version": {"2": 3},
+    }
     ring = KeyRing.from_json((s.settings.data_dir / EMBEDDED_KEK_FILE).read_text())
     assert ring.versions == (1, 2) and ring.active_version == 2
     after = {row[0]: row[3] for row in await blobs(s)}
@@ -168,8 +190,7 @@ async def test_kek_rotation_and_retirement(registry_stack: Stack, nc: Any) -> No
     r = await s.call("POST", "/v1/admin/keys/retire", json={"version": 1})
     assert r.status_code == 409 and err(r) == "kek_in_use"  # globex's blob
     assert r.json()["error"]["details"] == {"blobs": 1}
-    r = await s.call("POST", "/v1/admin/keys/rotate", json={"generate": False},
-                     tenant="globex")
+    r = await s.call("POST", "/v1/admin/keys/rotate", json={"generate": False}, tenant="globex")
     assert r.json()["rewrapped"] == 1 and r.json()["active_version"] == 2
     r = await s.call("POST", "/v1/admin/keys/retire", json={"version": 1})
     assert r.status_code == 200 and r.json()["removed_from_keyring"] is True

@@ -6,25 +6,28 @@ from typing import Any
 
 import pytest
 
+from tests.support import registry as support
 from tests.support.registry import (
     audit_types,
     create,
     imap_account,
-    registry_stack,  # noqa: F401  (fixture)
 )
 from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.connected, pytest.mark.e2e]
+registry_stack = support.registry_stack  # the fixture
 
 
 def err(r: Any) -> str:
     return str(r.json()["error"]["code"])
 
 
-async def hire(s: Stack, name: str, email: str, department: str | None = None,
-               **kw: Any) -> dict[str, Any]:
-    r = await s.call("POST", "/v1/employees",
-                     json={"name": name, "email": email, "department": department}, **kw)
+async def hire(
+    s: Stack, name: str, email: str, department: str | None = None, **kw: Any
+) -> dict[str, Any]:
+    r = await s.call(
+        "POST", "/v1/employees", json={"name": name, "email": email, "department": department}, **kw
+    )
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -44,13 +47,19 @@ async def test_employees_and_departments(registry_stack: Stack) -> None:
     deps = {d["name"]: [m["id"] for m in d["members"]] for d in r.json()["items"]}
     assert deps == {"Engineering": [ada["id"], cy["id"]], "Sales": [bob["id"]]}
 
-    r = await s.call("PATCH", f"/v1/employees/{bob['id']}",
-                     json={"title": "Head of Sales", "department": "Engineering"})
+    r = await s.call(
+        "PATCH",
+        f"/v1/employees/{bob['id']}",
+        json={"title": "Head of Sales", "department": "Engineering"},
+    )
     assert r.status_code == 200 and r.json()["title"] == "Head of Sales"
     r = await s.call("PATCH", f"/v1/employees/{cy['id']}", json={"email": "ada@example.com"})
     assert r.status_code == 409 and err(r) == "duplicate_email"
-    r = await s.call("PATCH", f"/v1/employees/{cy['id']}",
-                     json={"status": "offboarded", "successor_id": ada["id"]})
+    r = await s.call(
+        "PATCH",
+        f"/v1/employees/{cy['id']}",
+        json={"status": "offboarded", "successor_id": ada["id"]},
+    )
     assert r.status_code == 200 and r.json()["status"] == "offboarded"
     r = await s.call("GET", "/v1/departments")
     [eng] = r.json()["items"]
@@ -64,8 +73,13 @@ async def test_employees_and_departments(registry_stack: Stack) -> None:
     assert r.json()["next_cursor"] == bob["id"]
     r = await s.call("GET", f"/v1/employees/{ada['id']}", role="employee", subject=bob["id"])
     assert r.status_code == 200 and r.json()["email"] == "ada@example.com"
-    r = await s.call("PATCH", f"/v1/employees/{ada['id']}", json={"title": "x"},
-                     role="employee", subject=ada["id"])
+    r = await s.call(
+        "PATCH",
+        f"/v1/employees/{ada['id']}",
+        json={"title": "x"},
+        role="employee",
+        subject=ada["id"],
+    )
     assert r.status_code == 403
 
     r = await s.call("POST", "/v1/accounts", json=imap_account(owner_id=cy["id"]))
@@ -93,8 +107,14 @@ async def test_another_tenant_sees_404_for_everything(registry_stack: Stack) -> 
     ]
     for role, subject in (("admin", "admin"), ("employee", emp["id"])):
         for method, path, body in probes:
-            r = await s.call(method, path, json=body, tenant="globex", role=role,  # type: ignore[arg-type]
-                             subject=subject)
+            r = await s.call(
+                method,
+                path,
+                json=body,
+                tenant="globex",
+                role=role,  # type: ignore[arg-type]
+                subject=subject,
+            )
             if role == "employee" and path.startswith("/v1/employees") and method == "PATCH":
                 assert r.status_code == 403, (method, path)  # directory edits need an admin
                 continue

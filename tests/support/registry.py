@@ -23,8 +23,14 @@ SUBMISSION = {"host": "smtp.example.com", "port": 587, "security": "starttls"}
 
 
 def imap_account(address: str = "alice@example.com", **over: Any) -> dict[str, Any]:
-    return {"address": address, "protocol": "imap", "incoming": IMAPS, "outgoing": SUBMISSION,
-            "password": "hunter2", **over}
+    return {
+        "address": address,
+        "protocol": "imap",
+        "incoming": IMAPS,
+        "outgoing": SUBMISSION,
+        "password": "hunter2",
+        **over,
+    }
 
 
 async def stop(stack: Stack) -> None:
@@ -62,8 +68,9 @@ async def audit_types(stack: Stack, aggregate_id: str, n: int, tenant: str = "ac
     """The event names the audit trail holds for an aggregate, once it holds ``n``."""
 
     async def check() -> list[str] | None:
-        r = await stack.call("GET", "/v1/audit/events", tenant=tenant,
-                             params={"aggregate_id": aggregate_id})
+        r = await stack.call(
+            "GET", "/v1/audit/events", tenant=tenant, params={"aggregate_id": aggregate_id}
+        )
         names = [i["event"]["type"].split(".")[2] for i in r.json()["items"]]
         return names if len(names) >= n else None
 

@@ -1,0 +1,69 @@
+"""The registry service: accounts, credentials, employees and departments of every tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from libs.common.leases import LEASE_SUBJECT
+from libs.common.service import Runtime, Service
+from libs.common.settings import Settings
+from libs.common.store.database import Database
+from services.registry import tables
+from services.registry.api import build_router
+from services.registry.api_employees import build_employee_router
+from services.registry.handlers import Handlers
+from services.registry.handlers_credentials import CredentialHandlers
+from services.registry.lease import serve_lease
+from services.registry.permissions import (
+    OwnerOrAdmin,
+    Permissions,
+    PermissionsFactory,
+    PermissionsRef,
+)
+from services.registry.projection import RegistryProjector
+from services.registry.settings import KeyStore, RegistrySettings, load_keystore
+
+
+def create_app(
+    settings: Settings,
+    *,
+    permissions: Permissions | None = None,
+    permissions_factory: PermissionsFactory | None = None,
+    keystore: KeyStore | None = None,
+    registry_settings: RegistrySettings | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Service:
+    """Build the service. ``permissions`` replaces the default owner-or-admin rule; a
+    ``permissions_factory`` (e.g. the authz service's NATS client) is called with the runtime
+    once the service starts."""
+    db = Database(
+        settings.database_url_for("registry"), tables.metadata, projector=RegistryProjector()
+    )
+    keys = keystore or load_keystore(settings, environ)
+    handlers = Handlers(db, keys, registry_settings or RegistrySettings())
+    credentials = CredentialHandlers(handlers)
+    perms = PermissionsRef(permissions or OwnerOrAdmin(db))
+    svc = Service(
+        name="registry",
+        db=db,
+        settings=settings,
+        routers=[
+            build_router(handlers, credentials, perms, db),
+            build_employee_router(handlers, db),
+        ],
+    )
+
+    if permissions_factory is not None:
+
+        async def plug_permissions(_: Service, runtime: Runtime) -> None:
+            perms.impl = permissions_factory(runtime)
+
+        svc.on_start.append(plug_permissions)
+
+    @svc.nats.subscriber(LEASE_SUBJECT)
+    async def lease(body: Any) -> dict[str, Any]:
+        """Internal: a credential for sync or sender, audited as CredentialAccessed."""
+        return await serve_lease(credentials, body)
+
+    return svc

@@ -313,7 +313,7 @@ async def discover(
     *,
     resolver: Resolver | None = None,
     http: httpx.AsyncClient | None = None,
-    timeout: float = 5.0,  # noqa: ASYNC109 - per-step limit, not an overall one
+    timeout: float = 5.0,
     autoconfig_urls: Sequence[str] = DEFAULT_AUTOCONFIG_URLS,
 ) -> DiscoveryResult:
     """Find the mail servers for ``address``; see the module docstring for the order.

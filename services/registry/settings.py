@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.settings import Settings
+from services.registry.discovery import DEFAULT_AUTOCONFIG_URLS
 from services.registry.keyring import ENV_KEKS, ENV_KEKS_FILE, KeyRing, KeyRingError
 
 log = logging.getLogger("mailroom.registry")
@@ -43,6 +44,25 @@ class RegistrySettings(BaseSettings):
     """How long an ``Idempotency-Key`` of ``POST /v1/accounts`` is remembered."""
     rotate_batch: int = 200
     """Blobs re-wrapped per query during KEK rotation."""
+    ca_file: Path | None = None
+    """Extra CA certificates (PEM) trusted by connection tests; unset: the system store only."""
+    dns_server: str | None = None
+    """``host[:port]`` asked by discovery and connection tests instead of the system resolver."""
+    allow_private_targets: bool = False
+    """Let autoconfig fetches and connection tests reach loopback, link-local and private
+    addresses (admins may always test servers on private addresses of their network)."""
+    autoconfig_urls: list[str] = list(DEFAULT_AUTOCONFIG_URLS)
+    """Thunderbird autoconfig URL templates ({domain}, {address}, {localpart})."""
+    discovery_timeout_s: float = 5.0
+    """Per network step of discovery (MX, SRV, each autoconfig URL)."""
+    connect_timeout_s: float = 10.0
+    """Per step of a connection test (resolve, connect, TLS, greeting, login, select)."""
+    import_chunk_rows: int = 500
+    """Rows of a CSV import written per transaction."""
+    import_max_rows: int = 50_000
+    import_max_bytes: int = 50 * 1024 * 1024
+    import_test_concurrency: int = 16
+    """Default number of connection tests run at once by an import with tests."""
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -1,4 +1,5 @@
-"""The registry's tables: read tables (projection), encrypted credentials, idempotency keys.
+"""The registry's tables: read tables (projection), encrypted credentials, idempotency keys,
+the organisation's mail settings.
 
 The projection tables are updated in the same transaction as the events (``Database(projector=
 ...)``), so they are never behind the event store. ``credential_blobs`` is the only place a
@@ -103,4 +104,13 @@ idempotency_keys = Table(
     Column("account_id", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("tenant_id", "key", name="pk_idempotency_keys"),
+)
+
+org_settings = Table(
+    "org_settings",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("settings", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -40,11 +40,11 @@ class Up:
         env.pop("MAILROOM_NATS_URL", None)
         env.pop("MAILROOM_DATABASE_URL", None)
         mailroom = Path(sys.executable).with_name("mailroom")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [str(mailroom), "up"],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=open(self.data_dir / "up.log", "a"),  # noqa: SIM115
+            stderr=open(self.data_dir / "up.log", "a"),
             text=True,
         )
         assert self.proc.stdout is not None
@@ -135,7 +135,7 @@ def _mailroom(up: Up, *args: str) -> subprocess.CompletedProcess[str]:
     }
     env.pop("MAILROOM_NATS_URL", None)
     mailroom = Path(sys.executable).with_name("mailroom")
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [str(mailroom), *args], env=env, capture_output=True, text=True, timeout=60
     )
 

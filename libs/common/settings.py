@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,9 @@ class Settings(BaseSettings):
     consumer_max_deliver: int = 5
     consumer_backoff_s: list[float] = Field(default_factory=lambda: [0.2, 1.0, 5.0, 15.0])
     relay_batch: int = 512
+    authz_mode: Literal["service", "local"] = "service"
+    """``service``: every service asks the authz service (grants, departments, revocations).
+    ``local``: owner-or-admin rules inside each service, for a service tested on its own."""
     log_level: str = "INFO"
     gil_switch_interval_s: float = 0.001
     otel_enabled: bool = False

@@ -11,15 +11,21 @@ from libs.common.settings import Settings
 from libs.common.store.database import Database
 from services.registry import tables
 from services.registry.api import build_router
+from services.registry.api_connect import build_connect_router
 from services.registry.api_employees import build_employee_router
+from services.registry.api_import import build_import_router
 from services.registry.handlers import Handlers
 from services.registry.handlers_credentials import CredentialHandlers
+from services.registry.handlers_import import ImportHandlers
+from services.registry.handlers_org import OrgHandlers
 from services.registry.lease import serve_lease
+from services.registry.netguard import Network
 from services.registry.permissions import (
     OwnerOrAdmin,
     Permissions,
     PermissionsFactory,
     PermissionsRef,
+    authz_permissions,
 )
 from services.registry.projection import RegistryProjector
 from services.registry.settings import KeyStore, RegistrySettings, load_keystore
@@ -44,13 +50,28 @@ def create_app(
     handlers = Handlers(db, keys, registry_settings or RegistrySettings())
     credentials = CredentialHandlers(handlers)
     perms = PermissionsRef(permissions or OwnerOrAdmin(db))
+    rs = handlers.settings
+    network = Network.create(
+        dns_server=rs.dns_server,
+        ca_file=rs.ca_file,
+        autoconfig_urls=rs.autoconfig_urls,
+        discovery_timeout=rs.discovery_timeout_s,
+        connect_timeout=rs.connect_timeout_s,
+        allow_private=rs.allow_private_targets,
+    )
+    org = OrgHandlers(db)
+    importer = ImportHandlers(handlers, org, network)
+    if permissions is None and permissions_factory is None and settings.authz_mode == "service":
+        permissions_factory = authz_permissions
     svc = Service(
         name="registry",
         db=db,
         settings=settings,
         routers=[
-            build_router(handlers, credentials, perms, db),
+            build_router(handlers, credentials, perms, db, org, network),
             build_employee_router(handlers, db),
+            build_connect_router(org, credentials, perms, db, network),
+            build_import_router(importer, db),
         ],
     )
 

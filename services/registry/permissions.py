@@ -9,14 +9,17 @@ provide a NATS-backed implementation with grants; it is plugged in through
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Literal, Protocol
 
 from libs.common.auth import Principal
 from libs.common.authz_client import AuthzClient
 from libs.common.errors import Forbidden, NotFound
+from libs.common.events.registry import OrgMailSettings
 from libs.common.service import Runtime
 from libs.common.store.database import Database
+from services.registry.domain_org import covers
 from services.registry.repository import RegistryRepository
 
 Action = Literal["read", "write", "send", "configure"]
@@ -72,6 +75,30 @@ class OwnerOrAdmin:
             )
 
 
+def self_service_owner(
+    principal: Principal,
+    org: OrgMailSettings | None,
+    address: str,
+    ownership: str | None,
+    owner_id: str | None,
+) -> str:
+    """An employee adding a mailbox for themselves (no ``configure`` on the tenant): allowed by
+    the organisation's ``employee_self_service`` (default: addresses of its own domains), for a
+    personal mailbox they own. Returns the owner id (the employee); raises ``Forbidden``."""
+    if principal.role != "employee":
+        raise Forbidden("adding a mailbox needs a tenant admin", code="not_permitted")
+    policy = org.employee_self_service if org is not None else "off"
+    if policy == "off" or (policy == "org_domains" and not covers(org, address)):
+        where = "" if policy == "off" else " outside the organisation's domains"
+        raise Forbidden(f"adding a mailbox{where} needs a tenant admin", code="not_permitted")
+    if ownership == "shared" or owner_id not in (None, principal.subject):
+        raise Forbidden(
+            "an employee may add only a personal mailbox they own themselves",
+            code="not_permitted",
+        )
+    return principal.subject
+
+
 class PermissionsRef:
     """The implementation in use; a factory may replace it once the runtime is up."""
 
@@ -111,12 +138,19 @@ class AuthzPermissions:
         *,
         at_least_as_fresh: int | None = None,
     ) -> None:
-        if mailbox_id is None:
-            if not principal.is_admin:
-                raise Forbidden(f"{action} needs a tenant admin", code="not_permitted")
+        if principal.is_admin:
+            # Tenant admins manage everything and cannot be excluded (authz answers the same);
+            # deciding here spares a round trip and the wait for authz to learn a new mailbox.
             return
+        if mailbox_id is None:
+            raise Forbidden(f"{action} needs a tenant admin", code="not_permitted")
         fresh = at_least_as_fresh or self.client.latest_revision(principal.tenant_id)
         decision = await self.client.check(principal, mailbox_id, action, fresh)
+        for _ in range(20):  # a mailbox added a moment ago may not have reached authz yet
+            if decision.allowed or decision.reason != "unknown_mailbox":
+                break
+            await asyncio.sleep(0.05)
+            decision = await self.client.check(principal, mailbox_id, action, fresh)
         if decision.allowed:
             return
         if decision.reason in _NOT_FOUND:

@@ -77,6 +77,8 @@ async def start_stack(
     database_url: str | None = None,
     **overrides: Any,
 ) -> Stack:
+    if "authz" not in services:  # no authz service to ask: each service's own owner/admin rule
+        overrides.setdefault("authz_mode", "local")
     settings = make_settings(tmp_path / "data", database_url, nats_url=nats.url, **overrides)
     apps = [
         importlib.import_module(f"services.{name}.app").create_app(settings) for name in services

@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.support.tlsca",
     "tests.support.infra",
     "tests.support.stack",
+    "tests.support.embedded",
     "tests.support.dovecot",
     "tests.support.smtpd",
 ]

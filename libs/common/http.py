@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.common.errors import MailroomError
 from libs.common.store.eventstore import ConcurrencyError
@@ -31,6 +32,16 @@ ERROR_SCHEMA = {
         }
     },
 }
+_HTTP_CODES = {
+    400: "malformed_body",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 ERRORS = {code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422)}
 
 
@@ -43,6 +54,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _conflict(_: Request, exc: ConcurrencyError) -> JSONResponse:
         body = {"error": {"code": exc.code, "message": str(exc)}}
         return JSONResponse(body, status_code=409)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own errors (malformed JSON body, unknown route, wrong method) in our shape.
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if code == "malformed_body":
+            message = "the request body is not valid JSON"
+        body = {"error": {"code": code, "message": message}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

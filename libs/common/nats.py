@@ -19,8 +19,9 @@ async def connect(url: str, name: str = "mailroom") -> Any:
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
 
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # "nats://a:4222,nats://b:4222"
     return await nats.connect(
-        url,
+        servers,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.25,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.common.errors import MailroomError
@@ -32,6 +35,8 @@ ERROR_SCHEMA = {
         }
     },
 }
+log = logging.getLogger("mailroom.http")
+
 _HTTP_CODES = {
     400: "malformed_body",
     401: "unauthorized",
@@ -42,7 +47,7 @@ _HTTP_CODES = {
     413: "too_large",
     415: "unsupported_media_type",
 }
-ERRORS = {code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422)}
+ERRORS = {code: ERROR_SCHEMA for code in (400, 401, 403, 404, 409, 422, 503)}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -54,6 +59,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _conflict(_: Request, exc: ConcurrencyError) -> JSONResponse:
         body = {"error": {"code": exc.code, "message": str(exc)}}
         return JSONResponse(body, status_code=409)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: DBAPIError) -> JSONResponse:
+        # The database went away mid-request (connection dropped, failover, restart). The
+        # transaction was rolled back, or — if the connection broke during COMMIT — its fate is
+        # unknown: retrying with the same Idempotency-Key is safe either way.
+        if isinstance(exc, IntegrityError):
+            body = {"error": {"code": "conflict", "message": "the change conflicts with data"}}
+            return JSONResponse(body, status_code=409)
+        log.warning("database error: %s", type(exc.orig).__name__ if exc.orig else exc)
+        body = {
+            "error": {
+                "code": "database_unavailable",
+                "message": "the database is unavailable; retry (with the same Idempotency-Key)",
+            }
+        }
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

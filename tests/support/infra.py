@@ -62,3 +62,29 @@ async def pg_url() -> AsyncIterator[str]:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+SERVICES = ("registry", "authz", "sync", "sender", "audit")
+
+
+@pytest.fixture
+async def pg_service_url() -> AsyncIterator[str]:
+    """A database URL template with ``{service}``: one fresh PostgreSQL database per service."""
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        unavailable(f"PostgreSQL tests need {PG_URL_ENV}")
+    assert base is not None
+    try:
+        admin = await _admin_conn(base)
+    except Exception as exc:
+        unavailable(f"PostgreSQL at {PG_URL_ENV} is not reachable: {exc}")
+    prefix = f"mr_test_{uuid.uuid4().hex[:10]}"
+    for service in SERVICES:
+        await admin.execute(f'CREATE DATABASE "{prefix}_{service}"')
+    root, _, _ = base.rpartition("/")
+    try:
+        yield f"{root}/{prefix}_{{service}}"
+    finally:
+        for service in SERVICES:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{prefix}_{service}" WITH (FORCE)')
+        await admin.close()

@@ -61,3 +61,5 @@ class MessageReceived(_Sync):
     subject: str | None = None
     date: str | None = None
     size: int | None = None
+    uidl: str | None = None
+    """POP3 only: the server's UIDL (``uid`` is then sync's own number, ``uidvalidity`` 0)."""

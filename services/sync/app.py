@@ -1,0 +1,96 @@
+"""The sync service: watches every IMAP and POP3 mailbox, reports new mail and mailbox health.
+
+HTTP: ``GET /v1/sync/status``, ``GET /v1/sync/mailboxes/{id}``,
+``GET /v1/sync/mailboxes/{id}/history``, ``POST /v1/accounts/{id}/sync``. Consumes registry
+events (``mailroom.*.registry.>``, :mod:`services.sync.projection`); emits
+``AccountStatusChanged``, ``SyncFailed``, ``SyncRecovered``, ``MailMissingDetected`` and
+``MessageReceived`` (aggregate ``mailbox``, id = account id). Credentials are leased from the
+registry; read access of non-admins is asked of authz.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from libs.common.events.envelope import Envelope
+from libs.common.service import Runtime, Service
+from libs.common.settings import Settings
+from libs.common.store.database import Database
+from services.sync import tables
+from services.sync.api import ApiContext, build_router
+from services.sync.ports import (
+    AdminOnly,
+    AuthzPermissions,
+    CredentialSource,
+    Permissions,
+    RegistryCredentials,
+)
+from services.sync.projection import DURABLE, registry_projection
+from services.sync.scheduler import SyncEngine
+from services.sync.settings import SyncSettings
+
+
+@dataclass
+class SyncService(Service):
+    engine: SyncEngine | None = None
+    api: ApiContext | None = None
+    credentials_override: CredentialSource | None = None
+    permissions_override: Permissions | None = None
+
+    def use_credentials(self, source: CredentialSource) -> None:
+        """Replace the registry leases (tests, benchmarks); call before or after start."""
+        self.credentials_override = source
+        if self.engine is not None:
+            self.engine.credentials = source
+
+    def use_permissions(self, permissions: Permissions) -> None:
+        self.permissions_override = permissions
+        if self.api is not None:
+            self.api.permissions = permissions
+
+    def start_consumers(self, js: Any) -> None:
+        assert self.engine is not None
+        engine = self.engine
+
+        def applied(envelopes: Sequence[Envelope]) -> None:
+            if self.relay is not None:
+                self.relay.notify()  # status events the projection appended
+            engine.registry_applied(envelopes)
+
+        for c in self.consumers:
+            if c.projection.durable == DURABLE:
+                c.on_applied.append(applied)
+        super().start_consumers(js)
+
+
+def create_app(settings: Settings, sync_settings: SyncSettings | None = None) -> SyncService:
+    sync_settings = sync_settings or SyncSettings()
+    db = Database(settings.database_url_for("sync"), tables.metadata)
+    engine = SyncEngine(db, sync_settings)
+    api = ApiContext(db, engine, AdminOnly())
+    svc = SyncService(
+        name="sync",
+        db=db,
+        settings=settings,
+        routers=[build_router(api)],
+        projections=[registry_projection(db.store)],
+        engine=engine,
+        api=api,
+    )
+
+    async def start(_: Service, runtime: Runtime) -> None:
+        engine.credentials = svc.credentials_override or RegistryCredentials(runtime.nc)
+        if svc.permissions_override is not None:
+            api.permissions = svc.permissions_override
+        elif sync_settings.permissions == "authz" and runtime.nc is not None:
+            api.permissions = AuthzPermissions(runtime.nc)
+        await engine.start()
+
+    async def stop(_: Service, runtime: Runtime) -> None:
+        await engine.stop()
+
+    svc.on_start.append(start)
+    svc.on_stop.append(stop)
+    return svc

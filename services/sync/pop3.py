@@ -1,0 +1,148 @@
+"""POP3 by UIDL (stdlib poplib on a worker thread): list, headers of new messages (TOP n 0),
+and — only when the account says ``leave_on_server: false`` — delete what was recorded.
+
+POP3 locks the maildrop while a session is open and commits deletions only at QUIT, so a
+session lives for one poll: ``open`` → ``listing`` → the caller commits → ``finish`` (DELE the
+recorded messages if asked, then QUIT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import poplib
+import ssl
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from libs.common.events.registry import Server
+from services.sync.domain import SyncError
+from services.sync.imap import classify
+from services.sync.mailmeta import MessageMeta, parse_headers
+from services.sync.ports import Credential
+
+
+@dataclass
+class Listing:
+    uidls: dict[str, int]  # UIDL -> message number in this session
+    sizes: dict[int, int]
+
+
+def _error(exc: BaseException) -> SyncError:
+    if isinstance(exc, poplib.error_proto):
+        text = str(exc.args[0] if exc.args else exc)[:200]
+        if "[SYS/TEMP]" in text or "[IN-USE]" in text:
+            return SyncError("network", f"POP3: {text}")
+        return SyncError("protocol", f"POP3: {text}")
+    return classify(exc)
+
+
+class Pop3Session:
+    def __init__(self, conn: poplib.POP3, executor: Executor | None, timeout: float) -> None:
+        self.conn = conn
+        self.executor = executor
+        self.timeout = timeout
+
+    async def _call(self, fn: object, *args: object) -> object:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.executor, fn, *args),  # type: ignore[arg-type]
+                self.timeout,
+            )
+        except Exception as exc:
+            self.abort()
+            raise _error(exc) from None
+
+    @classmethod
+    async def open(
+        cls,
+        server: Server,
+        cred: Credential,
+        ctx: ssl.SSLContext,
+        *,
+        executor: Executor | None,
+        connect_timeout: float,
+        timeout: float,
+    ) -> Pop3Session:
+        def connect() -> poplib.POP3:
+            conn: poplib.POP3
+            if server.security == "ssl":
+                conn = poplib.POP3_SSL(server.host, server.port, timeout=timeout, context=ctx)
+            else:
+                conn = poplib.POP3(server.host, server.port, timeout=timeout)
+            try:
+                if server.security == "starttls":
+                    try:
+                        conn.stls(ctx)
+                    except poplib.error_proto as exc:
+                        raise SyncError("tls", f"STLS refused: {exc}") from None
+                try:
+                    conn.user(cred.username)
+                    conn.pass_(cred.secret.get_secret_value())
+                except poplib.error_proto as exc:
+                    text = str(exc.args[0] if exc.args else exc)[:200]
+                    if "[SYS/TEMP]" in text or "[IN-USE]" in text:
+                        raise SyncError("network", f"POP3 login: {text}") from None
+                    raise SyncError("auth", f"login refused: {text}") from None
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await asyncio.wait_for(loop.run_in_executor(executor, connect), connect_timeout)
+        except SyncError:
+            raise
+        except Exception as exc:
+            raise _error(exc) from None
+        return cls(conn, executor, timeout)
+
+    async def listing(self) -> Listing:
+        def run() -> Listing:
+            _, lines, _ = self.conn.uidl()
+            uidls: dict[str, int] = {}
+            for line in lines:
+                num, _, uidl = line.decode("ascii", "replace").partition(" ")
+                uidls[uidl.strip()] = int(num)
+            _, lines, _ = self.conn.list()
+            sizes = {}
+            for line in lines:
+                num, _, size = line.decode("ascii", "replace").partition(" ")
+                sizes[int(num)] = int(size.split()[0])
+            return Listing(uidls, sizes)
+
+        result = await self._call(run)
+        assert isinstance(result, Listing)
+        return result
+
+    async def headers(self, numbers: Iterable[int], sizes: dict[int, int]) -> list[MessageMeta]:
+        """Header metadata of messages by number (uid and uidl are set by the caller)."""
+
+        def run(nums: list[int]) -> list[MessageMeta]:
+            out = []
+            for n in nums:
+                _, lines, _ = self.conn.top(n, 0)
+                meta = parse_headers(MessageMeta(uid=n, size=sizes.get(n)), b"\r\n".join(lines))
+                out.append(meta)
+            return out
+
+        result = await self._call(run, list(numbers))
+        assert isinstance(result, list)
+        return result
+
+    async def finish(self, delete: Iterable[int] = ()) -> None:
+        """DELE ``delete`` (message numbers), then QUIT, which commits the deletions."""
+
+        def run(nums: list[int]) -> None:
+            for n in nums:
+                self.conn.dele(n)
+            self.conn.quit()
+
+        await self._call(run, list(delete))
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):  # already gone
+            self.conn.close()

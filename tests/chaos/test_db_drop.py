@@ -86,7 +86,20 @@ async def test_dropped_connections_during_commits_lose_and_double_nothing(
         async def all_audited() -> bool:
             return len(await _audited(audit_db)) >= TOTAL
 
-        await wait_until(all_audited, timeout=120, interval=0.5)
+        try:
+            await wait_until(all_audited, timeout=60, interval=0.5)
+        finally:
+            reg = stack.host.service("registry")
+            print(
+                "DEBUG outbox depth",
+                await reg.relay.depth(),
+                "published",
+                reg.relay.published,
+                "audited",
+                len(await _audited(audit_db)),
+                "stats",
+                stack.host.service("audit").consumers[0].stats,
+            )
         audited = await _audited(audit_db)
         assert set(audited) == set(ids.values()) and set(audited.values()) == {1}
         r = await stack.call("GET", "/v1/accounts", params={"limit": 100})

@@ -30,6 +30,7 @@ from libs.common.events.envelope import Envelope
 from libs.common.pull import PullLoop
 from libs.common.store.database import Database
 from libs.common.subjects import STREAM, dlq_subject
+from libs.common.telemetry import processing
 
 log = logging.getLogger("mailroom.consumer")
 
@@ -177,6 +178,10 @@ class ProjectionConsumer:
         await msg.ack()
 
     async def _apply(self, events: list[Envelope]) -> None:
+        with processing(self.name, events):  # consumer spans, log context (telemetry)
+            await self._apply_traced(events)
+
+    async def _apply_traced(self, events: list[Envelope]) -> None:
         inbox = self.db.tables.inbox
         async with self.db.write() as conn:
             ids = [e.id for e in events]

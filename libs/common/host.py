@@ -6,17 +6,20 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from faststream.nats import NatsBroker
 
+from libs.common import telemetry
 from libs.common.auth import TokenIssuer, TokenVerifier, load_or_create_key
 from libs.common.http import install_error_handlers
+from libs.common.metrics import CONTENT_TYPE_LATEST, HostMetrics
 from libs.common.nats import connect, ensure_streams
 from libs.common.service import Runtime, Service
 from libs.common.settings import Settings
@@ -43,6 +46,8 @@ class Host:
         self.runtime = make_runtime(settings)
         self.broker: NatsBroker | None = None
         self.started = False
+        self.metrics = HostMetrics(services)
+        telemetry.setup_tracing(settings, service_name=_service_name(services))
 
     async def start(self) -> None:
         # aiosqlite runs every statement on a worker thread; with the default 5 ms GIL switch
@@ -54,8 +59,14 @@ class Host:
             self.nats_url, name="mailroom-" + "-".join(s.name for s in self.services)
         )
         rt.js = rt.nc.jetstream()
+        self.metrics.js = rt.js
+        if telemetry.enabled():  # RPC requests and bare RPC subscriptions carry traceparent
+            rt.nc = telemetry.TracedNats(rt.nc)
         await ensure_streams(rt.js, self.settings.stream_replicas)
-        self.broker = NatsBroker(self.nats_url, logger=None, max_reconnect_attempts=-1)
+        middlewares = [telemetry.rpc_middleware()] if telemetry.enabled() else []
+        self.broker = NatsBroker(
+            self.nats_url, logger=None, max_reconnect_attempts=-1, middlewares=middlewares
+        )
         for svc in self.services:
             await svc.start(rt)
             svc.wire_consumers(lambda: rt.js)
@@ -96,10 +107,12 @@ class Host:
             version="1",
             description=f"Mailroom services in this process: {names}",
             lifespan=lifespan,
+            **_native_telemetry_off(),
         )
         app.state.runtime = self.runtime
         app.state.host = self
         install_error_handlers(app)
+        app.add_middleware(telemetry.HttpObservability)
         for svc in self.services:
             for router in svc.routers:
                 app.include_router(router)
@@ -116,7 +129,27 @@ class Host:
             ok = self.started and all(checks.values())
             return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
+        @app.get("/metrics", tags=["health"], include_in_schema=False)
+        async def metrics() -> Response:
+            """Prometheus metrics (text format), see libs/common/metrics.py."""
+            body = await self.metrics.exposition()
+            return Response(body, media_type=CONTENT_TYPE_LATEST)
+
         return app
+
+
+def _native_telemetry_off() -> dict[str, Any]:
+    """FastAPI ≥ 0.16x makes its own HTTP spans and metrics: ours (libs.common.telemetry)
+    replace them, so a request has one server span, named by its route template."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
+def _service_name(services: list[Service]) -> str:
+    if len(services) == 1:
+        return f"mailroom-{services[0].name}"
+    return "mailroom"
 
 
 def serve(app: FastAPI, settings: Settings) -> None:

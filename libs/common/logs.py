@@ -12,6 +12,9 @@ import logging
 import re
 import sys
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +31,29 @@ _PATTERNS = [
 ]
 _known: OrderedDict[str, None] = OrderedDict()
 _MAX_KNOWN = 10_000
+# Tenant and actor of the request or event being handled. A mutable dict, so that a value bound
+# in a copied context (FastAPI runs sync dependencies in a thread) reaches the request's logs.
+_context: ContextVar[dict[str, str] | None] = ContextVar("mailroom_log_context", default=None)
+
+
+@contextmanager
+def log_context_scope() -> Iterator[dict[str, str]]:
+    """A fresh log context (tenant, actor) for one request or consumed batch."""
+    values: dict[str, str] = {}
+    token = _context.set(values)
+    try:
+        yield values
+    finally:
+        _context.reset(token)
+
+
+def bind_log_context(**values: str) -> None:
+    """Add ``tenant_id``/``actor`` (or more) to every later log line of this scope."""
+    current = _context.get()
+    if current is None:
+        _context.set(dict(values))
+    else:
+        current.update(values)
 
 
 def remember_secret(value: str) -> None:
@@ -73,6 +99,8 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, key, None)
             if value is not None:
                 doc[key] = value
+        for key, value in (_context.get() or {}).items():
+            doc.setdefault(key, value)
         try:
             from opentelemetry import trace
 
@@ -93,5 +121,5 @@ def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("faststream", "nats", "httpx", "aiosqlite", "uvicorn.access"):
+    for noisy in ("faststream", "nats", "httpx", "aiosqlite", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

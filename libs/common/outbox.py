@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 
 from libs.common.store.database import Database
+from libs.common.telemetry import Publishing
 
 log = logging.getLogger("mailroom.outbox")
 
@@ -83,13 +84,13 @@ class OutboxRelay:
         self._stopping = True
         self._wake.set()
 
-    async def _publish_atomic(self, rows: Sequence[Any]) -> bool:
+    async def _publish_atomic(self, rows: Sequence[Any], obs: Publishing) -> bool:
         """Publish rows as one atomic batch; False if the stream refused it (duplicates)."""
         nc = self.js._nc
         batch_id = uuid.uuid4().hex
         last = len(rows)
         for i, row in enumerate(rows, 1):
-            headers = json.loads(row.headers)
+            headers = obs.headers(row)
             headers["Nats-Batch-Id"] = batch_id
             headers["Nats-Batch-Sequence"] = str(i)
             if i < last:
@@ -112,6 +113,14 @@ class OutboxRelay:
             raise RuntimeError(f"JetStream refused the batch: {error.get('description')}")
         return False
 
+    async def _delete(self, seqs: list[int]) -> None:
+        """Delete exactly the rows that were published. Never a range: on PostgreSQL a row with
+        a lower seq may commit after the batch was read (seq is taken at insert, visibility
+        comes at commit), and a range delete would drop it unpublished."""
+        ob = self.db.tables.outbox
+        async with self.db.write() as conn:
+            await conn.execute(delete(ob).where(ob.c.seq.in_(seqs)))
+
     async def drain_once(self) -> int:
         """Publish one batch; return how many rows were published (0 when the outbox is empty)."""
         self._wake.clear()
@@ -126,18 +135,25 @@ class OutboxRelay:
             ).all()
         if not rows:
             return 0
-        if len(rows) > 1 and await self._publish_atomic(rows):
-            async with self.db.write() as conn:
-                await conn.execute(delete(ob).where(ob.c.seq <= rows[-1].seq))
-            self.published += len(rows)
-            return len(rows)
+        if len(rows) > 1:
+            obs = Publishing(rows, json.loads)  # spans and counts (libs.common.telemetry)
+            try:
+                stored = await self._publish_atomic(rows, obs)
+            except BaseException as exc:
+                obs.done(0, exc)
+                raise
+            if stored:
+                obs.done(len(rows))
+                await self._delete([r.seq for r in rows])
+                self.published += len(rows)
+                return len(rows)
+            obs.done(0, RuntimeError("atomic batch refused"))
+        obs = Publishing(rows, json.loads)
         futures = []
         error: BaseException | None = None
         for row in rows:
             try:
-                fut = await self.js.publish_async(
-                    row.subject, row.body, headers=json.loads(row.headers)
-                )
+                fut = await self.js.publish_async(row.subject, row.body, headers=obs.headers(row))
             except Exception as exc:
                 error = exc
                 break
@@ -153,10 +169,10 @@ class OutboxRelay:
         for fut in futures:
             if not fut.done():
                 fut.cancel()
-        if done_upto is not None:
-            async with self.db.write() as conn:
-                await conn.execute(delete(ob).where(ob.c.seq <= done_upto))
         published = 0 if done_upto is None else sum(1 for r in rows if r.seq <= done_upto)
+        obs.done(published, error)
+        if done_upto is not None:
+            await self._delete([r.seq for r in rows if r.seq <= done_upto])
         self.published += published
         if error is not None:
             raise error

@@ -18,11 +18,13 @@ from fastapi import APIRouter, Depends, Request
 from faststream.nats import NatsRouter
 from sqlalchemy import text
 
+from libs.common import migrations
 from libs.common.auth import Principal, TokenIssuer, TokenVerifier, bearer
 from libs.common.consumer import Projection, ProjectionConsumer
 from libs.common.outbox import OutboxRelay
 from libs.common.settings import Settings
 from libs.common.store.database import Database
+from libs.common.telemetry import bind_principal
 
 log = logging.getLogger("mailroom.service")
 
@@ -38,7 +40,9 @@ class Runtime:
 
 def current_principal(request: Request) -> Principal:
     runtime: Runtime = request.app.state.runtime
-    return runtime.verifier.verify(bearer(request))
+    principal = runtime.verifier.verify(bearer(request))
+    bind_principal(principal.tenant_id, principal.actor)  # the span and the logs say who
+    return principal
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -80,8 +84,12 @@ class Service:
             c.start(js, batch_size=self.settings.consumer_batch)
 
     async def migrate(self) -> None:
-        """Create the schema if missing, with its database-level guards."""
-        await self.db.create_all()
+        """Bring the schema up to date (Alembic, ``services/<name>/migrations``; services
+        without migrations yet: create what is missing), with its database-level guards."""
+        if migrations.has_migrations(self.name):
+            await migrations.upgrade(self.db.engine, self.name, self.db.metadata)
+        else:
+            await self.db.create_all()
         if self.schema_setup:
             async with self.db.write() as conn:
                 for stmt in self.schema_setup:

@@ -15,12 +15,20 @@ from pydantic import ValidationError
 
 from libs.common.errors import MailroomError
 from libs.common.leases import Lease, LeaseRequest, refusal
+from libs.common.metrics import record_lease
 from services.registry.handlers_credentials import CredentialHandlers
 
 log = logging.getLogger("mailroom.registry.lease")
 
 
 async def serve_lease(ch: CredentialHandlers, body: Any) -> dict[str, Any]:
+    reply = await _serve_lease(ch, body)
+    service = body.get("service") if isinstance(body, dict) else None
+    record_lease(str(service), "granted" if reply["ok"] else str(reply["error"]["code"]))
+    return reply
+
+
+async def _serve_lease(ch: CredentialHandlers, body: Any) -> dict[str, Any]:
     try:
         req = LeaseRequest.model_validate(body)
     except ValidationError as exc:

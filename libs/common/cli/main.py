@@ -196,6 +196,23 @@ async def _tail(url: str, subject: str, from_start: bool, count: int, as_json: b
         await nc.close()
 
 
+docs_app = typer.Typer(help="Generated documentation.", no_args_is_help=True)
+app.add_typer(docs_app, name="docs")
+
+
+@docs_app.command("asyncapi")
+def docs_asyncapi(
+    out: str = typer.Option("", help="Directory to write to (default: the repository's docs/)."),
+) -> None:
+    """Write the AsyncAPI 3.0 document of every event and RPC subject (docs/asyncapi.json)."""
+    from pathlib import Path
+
+    from libs.common import asyncapi
+
+    for path in asyncapi.write(Path(out) if out else asyncapi.DOCS):
+        console.print(f"wrote {path}")
+
+
 projections_app = typer.Typer(help="Service projections.", no_args_is_help=True)
 app.add_typer(projections_app, name="projections")
 

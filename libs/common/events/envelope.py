@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from libs.common.events.base import CATALOGUE, Catalogue, Event, EventDecodeError
 from libs.common.ids import new_id
 from libs.common.subjects import event_subject
+from libs.common.telemetry import traceparent_for_event
 
 MSG_ID = "Nats-Msg-Id"
 _CE_ATTRS = {
@@ -93,7 +94,8 @@ class Envelope(BaseModel):
             aggregate_id=aggregate_id,
             aggregate_version=aggregate_version,
             data=event.model_dump(mode="json", by_alias=True),
-            traceparent=traceparent,
+            # the active span (HTTP request, consumed event) while tracing is on
+            traceparent=traceparent or traceparent_for_event(ctx.causation_id),
         )
 
     @property

@@ -159,3 +159,30 @@ class EmployeeOffboarded(_Employee):
 @register
 class EmployeeReinstated(_Employee):
     event_name: ClassVar[str] = "EmployeeReinstated"
+
+
+class OrgMailSettings(BaseModel):
+    """The organisation's own mail servers: addresses in ``domains`` get them filled in."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    domains: list[str] = Field(default_factory=list)
+    incoming: Server
+    outgoing: Server | None = None
+    username_template: str = "%EMAILADDRESS%"
+    auth_mode: AuthMode = "password"
+    allow_insecure: bool = False
+    polling_interval_s: int | None = None
+    employee_self_service: Literal["off", "org_domains", "any"] = "org_domains"
+    """Which mailboxes an employee may add for themselves (owner = the employee)."""
+
+
+class _Org(Event):
+    service: ClassVar[str] = "registry"
+    aggregate: ClassVar[str] = "org"
+
+
+@register
+class OrgMailSettingsChanged(_Org):
+    event_name: ClassVar[str] = "OrgMailSettingsChanged"
+    changed: list[str]
+    settings: OrgMailSettings

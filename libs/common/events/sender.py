@@ -24,6 +24,10 @@ class MessageSent(_Send):
     recipients: int
     via: Literal["smtp", "ews"] = "smtp"
     on_behalf_of: str | None = None
+    send_id: str | None = None
+    attempts: int = 1
+    refused: list[str] = Field(default_factory=list)
+    """Recipients the server refused while it accepted the message for the others."""
 
 
 @register
@@ -34,3 +38,8 @@ class SendFailed(_Send):
     detail: str = ""
     permanent: bool = True
     refused: list[str] = Field(default_factory=list)
+    send_id: str | None = None
+    """None when no send was recorded (``limit_reached`` refuses before that)."""
+    attempts: int = 0
+    retry_at: str | None = None
+    """When a transient failure is tried again, or when the daily limit frees a slot."""

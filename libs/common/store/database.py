@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from libs.common.events.envelope import Envelope
 from libs.common.store.eventstore import ConcurrencyError, EventStore
 from libs.common.store.tables import StoreTables, store_tables
+from libs.common.telemetry import span
 
 
 class Projector(Protocol):
@@ -165,9 +166,12 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self.write() as conn:
-            tx = Tx(conn, self)
-            yield tx
+        with span("event_store transaction", {"db.system.name": self.dialect}) as s:
+            async with self.write() as conn:
+                tx = Tx(conn, self)
+                yield tx
+            if s is not None:
+                s.set_attribute("mailroom.events", len(tx.appended))
         if tx.appended:
             for callback in self._on_commit:
                 callback()
@@ -191,11 +195,13 @@ class Database:
         loop = asyncio.get_running_loop()
         pending = _Pending(list(events), expected_version, loop.create_future())
         self._pending.append(pending)
-        async with self._commit_lock:
-            if not pending.future.done():
-                batch, self._pending = self._pending, []
-                await self._commit_batch(batch)
-        pending.future.result()
+        attrs = {"db.system.name": self.dialect, "mailroom.events": len(pending.events)}
+        with span("event_store commit", attrs):
+            async with self._commit_lock:
+                if not pending.future.done():
+                    batch, self._pending = self._pending, []
+                    await self._commit_batch(batch)
+            pending.future.result()
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         accepted: list[_Pending] = []

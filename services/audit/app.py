@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> Service:
         tables.APPEND_ONLY_POSTGRES if db.dialect == "postgresql" else tables.APPEND_ONLY_SQLITE
     )
 
-    @svc.nats.subscriber(rpc_subject("audit", "replay"))
+    @svc.nats.subscriber(rpc_subject("audit", "replay"), queue="audit")
     async def replay(req: ReplayRequest) -> dict[str, Any]:
         """Internal: every tenant's events after a position, for projection rebuilds."""
         async with db.read() as conn:

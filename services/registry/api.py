@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from libs.common.errors import MailroomError, NotFound
+from libs.common.errors import Forbidden, MailroomError, NotFound
 from libs.common.events.envelope import CommandContext
 from libs.common.events.registry import Ownership, Protocol
 from libs.common.http import ERRORS
@@ -33,10 +33,13 @@ from services.registry.api_models import (
     RotateIn,
     RotateOut,
 )
+from services.registry.autofill import Autofill
 from services.registry.domain import accounts
 from services.registry.handlers import Handlers, Idempotency
 from services.registry.handlers_credentials import CredentialHandlers
-from services.registry.permissions import Permissions
+from services.registry.handlers_org import OrgHandlers
+from services.registry.netguard import Network
+from services.registry.permissions import Permissions, self_service_owner
 from services.registry.presets import list_presets
 from services.registry.repository import AccountFilter, RegistryRepository
 
@@ -67,7 +70,12 @@ def expected_version(if_match: str | None) -> int | None:
 
 
 def build_router(
-    h: Handlers, ch: CredentialHandlers, perms: Permissions, db: Database
+    h: Handlers,
+    ch: CredentialHandlers,
+    perms: Permissions,
+    db: Database,
+    org_h: OrgHandlers,
+    network: Network,
 ) -> APIRouter:
     r = APIRouter(prefix="/v1", responses=ERRORS)  # type: ignore[arg-type]
 
@@ -95,18 +103,32 @@ def build_router(
         caller: Caller, body: AccountIn, response: Response, idempotency_key: IdempotencyKey = None
     ) -> AccountOut:
         """Add an account. Repeating the request with the same ``Idempotency-Key`` and body
-        returns the same account instead of adding a second one."""
-        await perms.require(caller, None, "configure")
+        returns the same account instead of adding a second one.
+
+        Without ``preset_id`` and ``incoming`` the servers are filled in from the organisation's
+        mail settings (an address in its domains), a built-in preset, or discovery (header
+        ``Mailroom-Servers-From``): address and password are enough. An employee may add a
+        personal mailbox they own when the organisation's ``employee_self_service`` allows."""
+        org = await org_h.mail_settings(caller.tenant_id)
+        owner_id = body.owner_id
+        try:
+            await perms.require(caller, None, "configure")
+        except Forbidden:
+            owner_id = self_service_owner(caller, org, body.address, body.ownership, owner_id)
         values = body.values()
         values.pop("owner_id", None)
         values.pop("ownership", None)
+        fill = await Autofill(network, org).fill(
+            body.address, body.protocol, body.preset_id, values
+        )
+        response.headers["Mailroom-Servers-From"] = fill.source
         cmd = accounts.AddAccount(
             address=body.address,
-            protocol=body.protocol,
-            preset_id=body.preset_id,
+            protocol=fill.protocol,
+            preset_id=fill.preset_id,
             ownership=body.ownership or "personal",
-            owner_id=body.owner_id,
-            values=values,
+            owner_id=owner_id,
+            values=fill.values,
         )
         idem = Idempotency(idempotency_key, body.fingerprint()) if idempotency_key else None
         account_id, replayed = await h.add_account(context(caller), cmd, body.password, idem)

@@ -82,7 +82,7 @@ def create_app(
 
         svc.on_start.append(plug_permissions)
 
-    @svc.nats.subscriber(LEASE_SUBJECT)
+    @svc.nats.subscriber(LEASE_SUBJECT, queue="registry")  # one replica answers each lease
     async def lease(body: Any) -> dict[str, Any]:
         """Internal: a credential for sync or sender, audited as CredentialAccessed."""
         return await serve_lease(credentials, body)

@@ -393,3 +393,8 @@ def keys_retire(version: int) -> None:
     """Drop a KEK version once no credential uses it."""
     doc = call("POST", "/v1/admin/keys/retire", json={"version": version})
     say(doc["message"])
+
+
+from services.registry import cli_bulk  # noqa: E402  (it builds on the helpers above)
+
+cli_bulk.register(app, accounts_app, SUBCOMMANDS)

@@ -33,6 +33,8 @@ from services.registry.presets import Preset
 
 Status = Literal["new", "active", "disabled", "deleted"]
 LEASE_SERVICES = frozenset({"sync", "sender"})
+#: Who may open a stored secret: the leasing services, and the registry for connection tests.
+ACCESSORS = LEASE_SERVICES | {"registry"}
 
 #: Fields of :class:`AccountSettings` an update may change (plus owner_id and ownership).
 SETTINGS_FIELDS = (
@@ -326,7 +328,7 @@ def _rewrap(state: AccountState, new: CredentialRef) -> list[Event]:
 
 
 def _access(state: AccountState, cmd: AccessCredential) -> CredentialAccessed:
-    if cmd.by_service not in LEASE_SERVICES:
+    if cmd.by_service not in ACCESSORS:
         raise v.Invalid(
             f"service {cmd.by_service!r} may not lease credentials",
             code="unknown_service",

@@ -224,6 +224,13 @@ class CredentialHandlers:
         ctx = CommandContext(tenant_id=tenant_id, actor=f"service:{service}")
         return await self._retrying(self._lease_once, ctx, account_id, service, purpose)
 
+    async def open_for_test(self, ctx: CommandContext, account_id: str) -> LeaseGrant:
+        """The stored secret for a connection test in this process (never returned to the
+        caller); audited as CredentialAccessed by ``registry``, purpose ``connection_test``."""
+        return await self._retrying(
+            self._lease_once, ctx, account_id, "registry", "connection_test"
+        )
+
     async def _lease_once(
         self, ctx: CommandContext, account_id: str, service: str, purpose: str
     ) -> LeaseGrant:

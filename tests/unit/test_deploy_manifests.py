@@ -345,6 +345,9 @@ def test_every_deployment_has_probes_and_writable_tmp_and_data(overlay: Rendered
         for path in ("/tmp", config["MAILROOM_DATA_DIR"]):
             assert "emptyDir" in volumes[mounts[path]], f"{where}: {path} is not an emptyDir"
         assert pod_spec(d)["serviceAccountName"] == "mailroom", where
+        scrape = d["spec"]["template"]["metadata"]["annotations"]
+        assert scrape["prometheus.io/scrape"] == "true", where
+        assert (scrape["prometheus.io/port"], scrape["prometheus.io/path"]) == ("8080", "/metrics")
         assert pod_spec(d)["enableServiceLinks"] is False, (
             f"{where}: service links pollute MAILROOM_*"
         )

@@ -1,0 +1,94 @@
+"""The sender service: sends mail from any mailbox with the right identity, exactly once per
+Idempotency-Key, within the mailbox's daily limit, with retries and an optional Sent copy.
+
+HTTP: ``POST /v1/mailboxes/{id}/messages``, ``GET /v1/mailboxes/{id}/messages/{send_id}``,
+``GET /v1/mailboxes/{id}/sending``. NATS request-reply: ``mailroom-rpc.sender.send``.
+Consumes registry events (``mailroom.*.registry.>``). Emits MessageSent and SendFailed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from libs.common.authz_client import AuthzClient
+from libs.common.service import Runtime, Service
+from libs.common.settings import Settings
+from libs.common.store.database import Database
+from libs.common.subjects import rpc_subject
+from services.sender import tables
+from services.sender.api import build_router
+from services.sender.credentials import CredentialSource, RegistryLeases
+from services.sender.handlers import SenderHandlers
+from services.sender.permissions import AuthzPermissions, Permissions
+from services.sender.ports import Wiring
+from services.sender.projection import registry_projection
+from services.sender.rpc import serve_send
+from services.sender.settings import SenderSettings
+from services.sender.worker import Dispatcher
+
+SEND_SUBJECT = rpc_subject("sender", "send")
+
+
+@dataclass
+class SenderService(Service):
+    handlers: SenderHandlers | None = None
+    dispatcher: Dispatcher | None = None
+    wiring: Wiring | None = None
+
+    def wire_consumers(self, js: Callable[[], Any]) -> None:
+        super().wire_consumers(js)
+        assert self.handlers is not None
+        for consumer in self.consumers:  # cached mailboxes follow the registry at once
+            consumer.on_applied.append(self.handlers.views.forget)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    config: SenderSettings | None = None,
+    permissions: Permissions | None = None,
+    credentials: CredentialSource | None = None,
+) -> SenderService:
+    """``permissions`` / ``credentials`` replace the defaults (``MAILROOM_SENDER_PERMISSIONS``,
+    credentials leased from the registry); both can also be swapped later on ``svc.wiring``."""
+    config = config or SenderSettings()
+    db = Database(settings.database_url_for("sender"), tables.metadata)
+    wiring = Wiring()
+    if permissions is not None:
+        wiring.permissions = permissions
+    if credentials is not None:
+        wiring.credentials = credentials
+    handlers = SenderHandlers(db, config, wiring)
+    dispatcher = Dispatcher(db, handlers, config)
+    svc = SenderService(
+        name="sender",
+        db=db,
+        settings=settings,
+        routers=[build_router(handlers)],
+        projections=[registry_projection()],
+        handlers=handlers,
+        dispatcher=dispatcher,
+        wiring=wiring,
+    )
+
+    async def start(_: Service, runtime: Runtime) -> None:
+        if credentials is None:
+            wiring.credentials = RegistryLeases(runtime.nc)
+        if permissions is None and config.permissions == "authz":
+            wiring.permissions = AuthzPermissions(AuthzClient(runtime.nc))
+        dispatcher.start()
+
+    async def stop(_: Service, runtime: Runtime) -> None:
+        await dispatcher.stop()
+
+    svc.on_start.append(start)
+    svc.on_stop.append(stop)
+
+    @svc.nats.subscriber(SEND_SUBJECT, queue="sender")
+    async def send(body: Any) -> dict[str, Any]:
+        """Internal: send for another service (contract in ``services.sender.rpc``)."""
+        return await serve_send(handlers, body)
+
+    return svc

@@ -48,8 +48,9 @@ class SenderSettings(BaseSettings):
     whether the mailbox may send is always checked in the transaction that records a send)."""
     keep_s: float = 7 * 24 * 3600.0
     """How long a send (and so its Idempotency-Key) is remembered."""
-    permissions: Literal["admin_only", "authz"] = "admin_only"
-    """Who may send: tenant admins only (default until authz is wired) or authz grants."""
+    permissions: Literal["admin_only", "authz"] | None = None
+    """Who may send: authz grants, or tenant admins only. Unset: authz, unless the deployment
+    runs without the authz service (``MAILROOM_AUTHZ_MODE=local``)."""
 
     @cached_property
     def tls_context(self) -> ssl.SSLContext:

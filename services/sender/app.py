@@ -76,9 +76,7 @@ def create_app(
     async def start(_: Service, runtime: Runtime) -> None:
         if credentials is None:
             wiring.credentials = RegistryLeases(runtime.nc)
-        mode = config.permissions or (
-            "authz" if settings.authz_mode == "service" else "admin_only"
-        )
+        mode = config.permissions or ("authz" if settings.authz_mode == "service" else "admin_only")
         if permissions is None and mode == "authz":
             wiring.permissions = AuthzPermissions(AuthzClient(runtime.nc))
         dispatcher.start()

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.connected]
 def test_no_server_errors_and_responses_match_the_schema(up: Up) -> None:
     up.start()
     st = Path(sys.executable).with_name("st")
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [
             str(st), "run", f"{up.base}/openapi.json",
             "-H", f"Authorization: Bearer {up.token}",

@@ -14,7 +14,7 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.store.database import Database
 
-MIGRATED = ("registry", "authz", "audit")
+MIGRATED = ("registry", "authz", "sync", "sender", "audit")
 
 
 def test_every_migrated_service_has_revisions_in_its_package() -> None:

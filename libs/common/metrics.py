@@ -169,6 +169,11 @@ class HostMetrics(Collector):
             except Exception as exc:
                 log.debug("dead-letter stream info: %s", exc)
         for svc in self.services:
+            for hook in svc.metrics_hooks:
+                try:
+                    await asyncio.wait_for(hook(), self.timeout)
+                except Exception as exc:
+                    log.debug("metrics hook of %s: %s", svc.name, exc)
             if svc.relay is not None:
                 try:
                     snap.outbox[svc.name] = await asyncio.wait_for(svc.relay.depth(), self.timeout)

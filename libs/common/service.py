@@ -62,6 +62,8 @@ class Service:
     on_start: list[Hook] = field(default_factory=list)
     on_stop: list[Hook] = field(default_factory=list)
     schema_setup: list[str] = field(default_factory=list)
+    metrics_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Called before each /metrics scrape to refresh this service's own gauges."""
     consumers: list[ProjectionConsumer] = field(default_factory=list)
     relay: OutboxRelay | None = None
     runtime: Runtime | None = None

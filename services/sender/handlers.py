@@ -28,6 +28,7 @@ from libs.common.errors import Conflict, NotFound
 from libs.common.events.base import Event
 from libs.common.events.sender import MessageSent, SendFailed
 from libs.common.ids import new_id
+from libs.common.metrics import record_send
 from libs.common.store.database import Database
 from services.sender import domain, mime, smtp
 from services.sender.commit import (
@@ -320,6 +321,7 @@ class SenderHandlers:
         if not held:
             log.warning("send %s: claim lost before the outcome was recorded", record.send_id)
             return record
+        record_send(isinstance(event, MessageSent))
         if values["state"] == "queued" or values["copy_state"] == "pending":
             self._wake()
         del values["drop_raw"], values["copy_next_at"]

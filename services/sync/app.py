@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from libs.common.events.envelope import Envelope
+from libs.common.metrics import set_sync_states
 from libs.common.service import Runtime, Service
 from libs.common.settings import Settings
 from libs.common.store.database import Database
@@ -28,6 +29,7 @@ from services.sync.ports import (
     RegistryCredentials,
 )
 from services.sync.projection import DURABLE, registry_projection
+from services.sync.repository import state_counts
 from services.sync.scheduler import SyncEngine
 from services.sync.settings import SyncSettings
 
@@ -91,6 +93,11 @@ def create_app(settings: Settings, sync_settings: SyncSettings | None = None) ->
     async def stop(_: Service, runtime: Runtime) -> None:
         await engine.stop()
 
+    async def sync_state_gauge() -> None:
+        async with db.read() as conn:
+            set_sync_states(await state_counts(conn))
+
     svc.on_start.append(start)
     svc.on_stop.append(stop)
+    svc.metrics_hooks.append(sync_state_gauge)
     return svc

@@ -342,3 +342,9 @@ async def watchable_accounts(conn: AsyncConnection) -> list[Account]:
     """Every tenant's enabled accounts (the scheduler's start-up load; internal only)."""
     rows = await conn.execute(select(accounts).where(accounts.c.enabled.is_(True)))
     return [a for a in (account_of(r) for r in rows) if a.watchable]
+
+
+async def state_counts(conn: AsyncConnection) -> dict[str, int]:
+    """Accounts per sync state over every tenant: an operational metric, never an API answer."""
+    q = select(status.c.state, func.count()).group_by(status.c.state)
+    return {str(state): int(n) for state, n in await conn.execute(q)}

@@ -53,6 +53,8 @@ async def test_send_over_starttls_with_auth(world: SenderWorld) -> None:
     assert r.status_code == 201, r.text
     out = r.json()
     assert out["status"] == "sent" and out["attempts"] == 1
+    scrape = (await world.stack.client.get("/metrics")).text
+    assert 'mailroom_sends_total{outcome="sent"}' in scrape
     [got] = await world.smtpd.messages_async(1)
     assert got.listener == "starttls" and got.auth_user == DEFAULT_USER
     assert got.mail_from == "sales@corp.example"

@@ -35,6 +35,8 @@ async def test_server_down_goes_offline_and_recovers_by_itself(
     server.stop()
     doc = await harness.wait_state(acc, "offline")
     assert doc["status"]["failure_class"] == "network" and doc["status"]["last_error"]
+    scrape = (await harness.stack.client.get("/metrics")).text  # the gauge, from the table
+    assert 'mailroom_sync_accounts{state="offline"} 1.0' in scrape
     failed = await harness.wait_event("SyncFailed", acc)
     assert failed[0].data["reason_class"] == "network" and failed[0].data["retry_in_s"] <= 1
     server.start()

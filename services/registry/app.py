@@ -20,6 +20,7 @@ from services.registry.handlers_import import ImportHandlers
 from services.registry.handlers_org import OrgHandlers
 from services.registry.lease import serve_lease
 from services.registry.netguard import Network
+from services.registry.offboarding import build_offboarding_router
 from services.registry.permissions import (
     OwnerOrAdmin,
     Permissions,
@@ -70,6 +71,7 @@ def create_app(
         routers=[
             build_router(handlers, credentials, perms, db, org, network),
             build_employee_router(handlers, db),
+            build_offboarding_router(db),
             build_connect_router(org, credentials, perms, db, network),
             build_import_router(importer, db),
         ],

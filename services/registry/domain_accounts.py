@@ -123,6 +123,13 @@ class AccessCredential:
     lease_expires_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class HandOver:
+    """The owner leaves: the mailbox (history, sync, grants of others) goes to a successor."""
+
+    to_owner_id: str
+
+
 Command = (
     AddAccount
     | UpdateAccount
@@ -132,6 +139,7 @@ Command = (
     | ReplaceCredential
     | RewrapCredential
     | AccessCredential
+    | HandOver
 )
 
 
@@ -214,6 +222,12 @@ def decide(command: Command, state: AccountState) -> list[Event]:
             return _rewrap(state, command.credential)
         case AccessCredential():
             return [_access(state, command)]
+        case HandOver():
+            if state.owner_id == command.to_owner_id:
+                return []
+            return [
+                MailboxHandedOver(from_owner_id=state.owner_id, to_owner_id=command.to_owner_id)
+            ]
     raise TypeError(f"not an account command: {command!r}")  # pragma: no cover
 
 

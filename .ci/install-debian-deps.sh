@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Install the Debian packages the connected tests need (Dovecot IMAP/POP3).
+# Install the Debian packages the connected tests need (Dovecot IMAP/POP3, and Chromium for the
+# console's browser tests, driven by the `playwright` Python package — never `playwright install`).
 #
-# Idempotent: does nothing when the `dovecot` binary is already present.
+# Idempotent: does nothing when the `dovecot` and `chromium` binaries are already present.
 # The system dovecot service is never left running: the test fixtures start
 # their own private instances on random loopback ports.
 set -euo pipefail
 
-PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d)
+PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d chromium)
 
 have_dovecot() {
     command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ]
 }
 
-if have_dovecot; then
-    echo "install-debian-deps: dovecot already installed, nothing to do"
+have_chromium() {
+    [ -x /usr/bin/chromium ]
+}
+
+if have_dovecot && have_chromium; then
+    echo "install-debian-deps: dovecot and chromium already installed, nothing to do"
     exit 0
 fi
 
@@ -23,7 +28,7 @@ elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
     SUDO=(sudo -n)
 else
     {
-        echo "install-debian-deps: dovecot is missing and this user cannot install packages."
+        echo "install-debian-deps: dovecot or chromium is missing and this user cannot install packages."
         echo "Run as root (or with sudo):"
         echo "    apt-get update && apt-get install -y ${PACKAGES[*]} && (service dovecot stop || true)"
     } >&2
@@ -55,6 +60,10 @@ trap cleanup EXIT
 
 if ! have_dovecot; then
     echo "install-debian-deps: dovecot still missing after install" >&2
+    exit 1
+fi
+if ! have_chromium; then
+    echo "install-debian-deps: chromium still missing after install" >&2
     exit 1
 fi
 echo "install-debian-deps: installed ${PACKAGES[*]}"

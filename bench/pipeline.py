@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from libs.common.consumer import Projection
 from libs.common.events import CommandContext, EmployeeAdded, Envelope
-from libs.common.host import Host
+from libs.common.host import Host, tune_gc
 from libs.common.ids import new_id
 from libs.common.nats import connect, ensure_streams
 from libs.common.natsserver import NatsServer
@@ -94,12 +94,73 @@ class Sink:
         await conn.execute(insert(self.table), [{"event_id": e.id} for e in events])
 
 
-class MailroomPath:
+class Writer:
+    """The writing service: commands through the event store, and its outbox relay."""
+
     def __init__(self, url: str, data: Path) -> None:
+        self.url = url
+        self.data = data
+
+    async def start(self) -> None:
+        self.db = Database(f"sqlite+aiosqlite:///{self.data / 'producer.db'}", MetaData())
+        await self.db.create_all()
+        self.nc = await connect(self.url, name="bench-producer")
+        await ensure_streams(self.nc.jetstream())
+        self.relay = OutboxRelay(self.db, self.nc.jetstream())
+        self.relay_task = asyncio.create_task(self.relay.run())
+
+    async def command(self, i: int) -> tuple[str, float]:
+        """One command: one new employee, its own transaction; returns (event id, commit time)."""
+        env = Envelope.wrap(
+            EmployeeAdded(name=f"Person {i}", email=f"p{i}@example.com"),
+            CommandContext("bench", "admin:bench"),
+            aggregate_id=new_id(),
+            aggregate_version=1,
+        )
+        await self.db.commit([env], expected_version=0)
+        return env.id, time.perf_counter()
+
+    async def run_commands(self, n: int, concurrency: int) -> None:
+        queue = iter(range(n))
+
+        async def worker() -> None:
+            for i in queue:
+                await self.command(i)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    async def paced(self, rate: int, seconds: float) -> dict[str, float]:
+        """Commands at a fixed rate; their commit times by event id."""
+        interval = 1.0 / rate
+        start = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * seconds)):
+            delay = start + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(self.command(i)))
+        return dict([await t for t in tasks])
+
+    async def stop(self) -> None:
+        self.relay.stop()
+        self.relay_task.cancel()
+        await asyncio.gather(self.relay_task, return_exceptions=True)
+        await self.nc.close()
+        await self.db.dispose()
+
+
+class MailroomPath:
+    """The consumers (audit store + a projection) in one host; the writer in this process
+    (everything on one event loop, as ``mailroom up`` runs) or in a child process (the writing
+    service as its own process, as each service runs as a pod). perf_counter is the system's
+    monotonic clock, so commit and audit times of two processes compare."""
+
+    def __init__(self, url: str, data: Path, writer_process: bool = False) -> None:
         self.url = url
         self.data = data
         self.audit_done: dict[str, float] = {}
         self.sink_count = 0
+        self.writer_process = writer_process
 
     async def start(self) -> None:
         settings = Settings(data_dir=self.data)
@@ -113,12 +174,28 @@ class MailroomPath:
         await self.host.start()
         self.host.service("audit").consumers[0].on_applied.append(self._audited)
         sink_svc.consumers[0].on_applied.append(self._sunk)
-        self.db = Database(f"sqlite+aiosqlite:///{self.data / 'producer.db'}", MetaData())
-        await self.db.create_all()
-        self.nc = await connect(self.url, name="bench-producer")
-        await ensure_streams(self.nc.jetstream())
-        self.relay = OutboxRelay(self.db, self.nc.jetstream())
-        self.relay_task = asyncio.create_task(self.relay.run())
+        if self.writer_process:
+            self.child = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--writer", self.url, str(self.data),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                limit=1 << 26,  # the paced run's commit times come back as one JSON line
+            )  # fmt: skip
+            await self._from_child()  # "ready"
+        else:
+            self.writer = Writer(self.url, self.data)
+            await self.writer.start()
+
+    async def _to_child(self, *words: object) -> None:
+        assert self.child.stdin is not None
+        self.child.stdin.write((" ".join(map(str, words)) + "\n").encode())
+        await self.child.stdin.drain()
+
+    async def _from_child(self) -> Any:
+        assert self.child.stdout is not None
+        line = await self.child.stdout.readline()
+        if not line:
+            raise RuntimeError("the writer process ended")
+        return json.loads(line)
 
     def _audited(self, events: Sequence[Envelope]) -> None:
         now = time.perf_counter()
@@ -128,47 +205,36 @@ class MailroomPath:
     def _sunk(self, events: Sequence[Envelope]) -> None:
         self.sink_count += len(events)
 
-    async def command(self, i: int) -> tuple[str, float]:
-        """One command: one new employee, its own transaction; returns (event id, commit time)."""
-        env = Envelope.wrap(
-            EmployeeAdded(name=f"Person {i}", email=f"p{i}@example.com"),
-            CommandContext("bench", "admin:bench"),
-            aggregate_id=new_id(),
-            aggregate_version=1,
-        )
-        await self.db.commit([env], expected_version=0)
-        return env.id, time.perf_counter()
-
     async def throughput(self, n: int, concurrency: int) -> float:
         self.audit_done.clear()
         self.sink_count = 0
         start = time.perf_counter()
-        queue = iter(range(n))
-
-        async def worker() -> None:
-            for i in queue:
-                await self.command(i)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        while len(self.audit_done) < n or self.sink_count < n:
-            await asyncio.sleep(0.002)
+        if self.writer_process:
+            await self._to_child("run", n, concurrency)
+            await self._from_child()
+        else:
+            await self.writer.run_commands(n, concurrency)
+        await self._until(lambda: len(self.audit_done) >= n and self.sink_count >= n, n)
         return n / (time.perf_counter() - start)
+
+    async def _until(self, done: Any, n: int) -> None:
+        """Wait until ``done()``; fail loudly if nothing moves for 30 s (a stuck pipeline)."""
+        last, moved = (-1, -1), time.perf_counter()
+        while not done():
+            now = (len(self.audit_done), self.sink_count)
+            if now != last:
+                last, moved = now, time.perf_counter()
+            elif time.perf_counter() - moved > 30:
+                raise RuntimeError(f"stuck: audited {now[0]}, projected {now[1]} of {n}")
+            await asyncio.sleep(0.002)
 
     async def latency(self, rate: int, seconds: float) -> list[float]:
         self.audit_done.clear()
-        committed: dict[str, float] = {}
-        interval = 1.0 / rate
-        start = time.perf_counter()
-        tasks = []
-        for i in range(int(rate * seconds)):
-            target = start + i * interval
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(self.command(i)))
-        for t in tasks:
-            event_id, at = await t
-            committed[event_id] = at
+        if self.writer_process:
+            await self._to_child("paced", rate, seconds)
+            committed: dict[str, float] = await self._from_child()
+        else:
+            committed = await self.writer.paced(rate, seconds)
         deadline = time.perf_counter() + 30
         while len(self.audit_done) < len(committed) and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
@@ -177,38 +243,79 @@ class MailroomPath:
         ]
 
     async def stop(self) -> None:
-        self.relay.stop()
-        self.relay_task.cancel()
-        await asyncio.gather(self.relay_task, return_exceptions=True)
-        await self.nc.close()
-        await self.db.dispose()
+        if self.writer_process:
+            await self._to_child("stop")
+            await self.child.wait()
+        else:
+            await self.writer.stop()
         await self.host.stop()
 
 
+async def writer_child(url: str, data: Path) -> None:
+    """``pipeline.py --writer URL DIR``: the writer, driven by lines on stdin, answering JSON."""
+    sys.setswitchinterval(Settings().gil_switch_interval_s)  # as a service host does
+    writer = Writer(url, data)
+    await writer.start()
+    tune_gc(Settings().gc_gen0_threshold)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def answer(doc: Any) -> None:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
+
+    answer("ready")
+    while line := (await reader.readline()).decode().split():
+        if line[0] == "run":
+            await writer.run_commands(int(line[1]), int(line[2]))
+            answer("done")
+        elif line[0] == "paced":
+            answer(await writer.paced(int(line[1]), float(line[2])))
+        else:
+            break
+    await writer.stop()
+
+
+async def measure(url: str, data: Path, args: argparse.Namespace, child: bool) -> dict[str, Any]:
+    path = MailroomPath(url, data, writer_process=child)
+    await path.start()
+    try:
+        await path.throughput(min(2000, args.events), args.concurrency)  # warm-up
+        e2e = await path.throughput(args.events, args.concurrency)
+        lat = await path.latency(args.rate, args.seconds)
+    finally:
+        await path.stop()
+    return {"e2e": e2e, "p50": pct(lat, 0.50), "p99": pct(lat, 0.99), "samples": len(lat)}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(Path(tmp) / "nats")
         server.start()
         try:
             raw = await raw_baseline(server.url, args.events)
-            path = MailroomPath(server.url, Path(tmp))
-            await path.start()
-            try:
-                await path.throughput(min(2000, args.events), args.concurrency)  # warm-up
-                e2e = await path.throughput(args.events, args.concurrency)
-                lat = await path.latency(args.rate, args.seconds)
-            finally:
-                await path.stop()
+            for mode, child in (("one_process", False), ("writer_process", True)):
+                print(f"measuring: {mode}", file=sys.stderr, flush=True)
+                data = Path(tmp) / mode
+                data.mkdir()
+                results[mode] = await measure(server.url, data, args, child)
         finally:
             server.stop()
+    one, two = results["one_process"], results["writer_process"]
     return {
         "raw_events_per_s": round(raw, 1),
-        "mailroom_e2e_events_per_s": round(e2e, 1),
-        "ratio": round(e2e / raw, 3),
+        "mailroom_e2e_events_per_s": round(one["e2e"], 1),
+        "ratio": round(one["e2e"] / raw, 3),
+        "commit_to_audit_p50_ms": round(one["p50"], 2),
+        "commit_to_audit_p99_ms": round(one["p99"], 2),
+        "writer_process_e2e_events_per_s": round(two["e2e"], 1),
+        "writer_process_ratio": round(two["e2e"] / raw, 3),
+        "writer_process_commit_to_audit_p50_ms": round(two["p50"], 2),
+        "writer_process_commit_to_audit_p99_ms": round(two["p99"], 2),
         "latency_rate_per_s": args.rate,
-        "commit_to_audit_p50_ms": round(pct(lat, 0.50), 2),
-        "commit_to_audit_p99_ms": round(pct(lat, 0.99), 2),
-        "latency_samples": len(lat),
+        "latency_samples": one["samples"],
         "events": args.events,
         "concurrency": args.concurrency,
     }
@@ -216,16 +323,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     rate = r["latency_rate_per_s"]
-    rows = [
-        ("raw JetStream publish+fetch/ack", f"{r['raw_events_per_s']:,.0f} events/s"),
-        (
-            "Mailroom store->relay->JetStream->projection+audit",
-            f"{r['mailroom_e2e_events_per_s']:,.0f} events/s",
-        ),
-        ("ratio Mailroom / raw", f"{r['ratio']:.3f}"),
-        (f"commit->audit p50 at {rate}/s", f"{r['commit_to_audit_p50_ms']:.1f} ms"),
-        (f"commit->audit p99 at {rate}/s", f"{r['commit_to_audit_p99_ms']:.1f} ms"),
-    ]
+    rows = [("raw JetStream publish+fetch/ack", f"{r['raw_events_per_s']:,.0f} events/s")]
+    for label, p in (("one process", ""), ("writer in its own process", "writer_process_")):
+        rows += [
+            (
+                f"Mailroom store->relay->JetStream->projection+audit, {label}",
+                f"{r[p + 'mailroom_e2e_events_per_s' if not p else p + 'e2e_events_per_s']:,.0f}"
+                " events/s",
+            ),
+            (f"  ratio Mailroom / raw, {label}", f"{r[p + 'ratio']:.3f}"),
+            (f"  commit->audit p50 at {rate}/s", f"{r[p + 'commit_to_audit_p50_ms']:.1f} ms"),
+            (f"  commit->audit p99 at {rate}/s", f"{r[p + 'commit_to_audit_p99_ms']:.1f} ms"),
+        ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'measure':<{width}}  value", "-" * (width + 20)]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
@@ -241,7 +350,11 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--writer", nargs=2, metavar=("NATS_URL", "DIR"), help=argparse.SUPPRESS)
     ns = parser.parse_args()
+    if ns.writer:
+        asyncio.run(writer_child(ns.writer[0], Path(ns.writer[1])))
+        sys.exit(0)
     result = asyncio.run(main(ns))
     print(table(result))
     if ns.json:

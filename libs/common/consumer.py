@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.base import CATALOGUE, Catalogue, EventDecodeError, UnknownEventType
 from libs.common.events.envelope import Envelope
 from libs.common.pull import PullLoop
 from libs.common.store.database import Database
+from libs.common.store.fastinsert import insert_rows
 from libs.common.subjects import STREAM, dlq_subject
 from libs.common.telemetry import processing
 
@@ -63,7 +64,30 @@ class BadMessage(Exception):
     """A message that can never be applied (garbage on the bus)."""
 
 
+_DECODED: dict[tuple[int, str, str], tuple[dict[str, str], bytes, Envelope]] = {}
+_DECODED_MAX = 8192
+
+
 def decode_message(msg: Any, catalogue: Catalogue) -> Envelope:
+    """The message's envelope, checked; BadMessage for anything that is not a valid event.
+
+    Several consumers of one process (the embedded stack runs every service's) receive the same
+    event: the first decodes it, the others reuse that envelope if their message is the same
+    (same subject, headers and data, compared in full). Envelopes are not modified by consumers.
+    """
+    headers = msg.headers or {}
+    key = (id(catalogue), msg.subject, headers.get("ce-id", ""))
+    hit = _DECODED.get(key)
+    if hit is not None and hit[0] == headers and hit[1] == msg.data:
+        return hit[2]
+    env = _decode(msg, catalogue)
+    if len(_DECODED) >= _DECODED_MAX:
+        del _DECODED[next(iter(_DECODED))]  # the oldest
+    _DECODED[key] = (dict(headers), bytes(msg.data), env)
+    return env
+
+
+def _decode(msg: Any, catalogue: Catalogue) -> Envelope:
     try:
         env = Envelope.from_nats(msg.headers, msg.data)
         env.event(catalogue)  # unknown types and mismatching payloads are garbage too
@@ -144,6 +168,9 @@ class ProjectionConsumer:
                 await self.dead_letter(msg, f"bad message: {exc}")
         if not good:
             return
+        # Decoding a batch is a long stretch of pure CPU: let the relay and the other consumers
+        # of this process take their turn before the (inline) transaction (bench/pipeline.py).
+        await asyncio.sleep(0)
         try:
             await self._apply([env for _, env in good])
         except Exception:
@@ -202,8 +229,9 @@ class ProjectionConsumer:
             if fresh:
                 await self.projection.apply(conn, fresh)
                 now = datetime.now(UTC)
-                await conn.execute(
-                    insert(inbox),
+                await insert_rows(
+                    conn,
+                    inbox,
                     [{"consumer": self.name, "event_id": e.id, "applied_at": now} for e in fresh],
                 )
         self.stats.applied += len(fresh)

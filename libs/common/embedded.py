@@ -1,4 +1,5 @@
-"""The embedded stack: a nats-server of our own, all five services in one process, SQLite files.
+"""The embedded stack: a nats-server of our own, all five services and the console in one process,
+SQLite files.
 
 With ``MAILROOM_NATS_URL`` set it uses that NATS instead of starting one; with database URLs
 set (``MAILROOM_DATABASE_URL`` with ``{service}``, or per service) it uses those.
@@ -16,6 +17,8 @@ from libs.common.natsserver import NatsServer
 from libs.common.settings import Settings
 
 SERVICES = ("registry", "authz", "sync", "sender", "audit")
+FRONTENDS = ("console",)
+"""Services without a database of their own (nothing to migrate): the admin console."""
 DEMO_TENANT = "demo"
 log = logging.getLogger("mailroom.embedded")
 
@@ -31,9 +34,9 @@ class Embedded:
         return self.host.nats_url
 
 
-def available_services() -> list[str]:
+def available_services(names: tuple[str, ...] = SERVICES) -> list[str]:
     found = []
-    for name in SERVICES:
+    for name in names:
         try:
             module = importlib.import_module(f"services.{name}.app")
         except ModuleNotFoundError:
@@ -58,6 +61,6 @@ def build(settings: Settings) -> Embedded:
     nats_url_file(settings).write_text(url)
     services = [
         importlib.import_module(f"services.{name}.app").create_app(settings)
-        for name in available_services()
+        for name in [*available_services(), *available_services(FRONTENDS)]
     ]
     return Embedded(settings, Host(services, settings, url), nats)

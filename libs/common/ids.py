@@ -12,8 +12,7 @@ _last_ms = 0
 _counter = 0
 
 
-def uuid7() -> uuid.UUID:
-    """Return a UUIDv7; monotonic within this process (12-bit counter in rand_a)."""
+def _uuid7_int() -> int:
     global _last_ms, _counter
     with _lock:
         ms = time.time_ns() // 1_000_000
@@ -33,8 +32,15 @@ def uuid7() -> uuid.UUID:
     value |= counter << 64
     value |= 0b10 << 62
     value |= rand_b
-    return uuid.UUID(int=value)
+    return value
+
+
+def uuid7() -> uuid.UUID:
+    """Return a UUIDv7; monotonic within this process (12-bit counter in rand_a)."""
+    return uuid.UUID(int=_uuid7_int())
 
 
 def new_id() -> str:
-    return str(uuid7())
+    """A UUIDv7 in its canonical text form (formatted directly: one per event, so it counts)."""
+    h = f"{_uuid7_int():032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

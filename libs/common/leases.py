@@ -34,6 +34,8 @@ class LeaseRequest(BaseModel):
     account_id: str = Field(min_length=1, max_length=64)
     service: str = Field(min_length=1, max_length=32, description="sync or sender")
     purpose: str = Field(min_length=1, max_length=200)
+    refresh: bool = False
+    """OAuth2: the access token was just refused; refresh it (once) instead of the cached one."""
 
 
 class Lease(BaseModel):
@@ -69,7 +71,13 @@ class LeaseRefused(MailroomError):
     code = "lease_refused"
 
 
-_STATUS = {"not_found": 404, "account_deleted": 404, "invalid_request": 422, "unknown_service": 422}
+_STATUS = {
+    "not_found": 404,
+    "account_deleted": 404,
+    "invalid_request": 422,
+    "unknown_service": 422,
+    "oauth_provider_unavailable": 503,  # retry later; ``oauth_reconnect_required`` needs a person
+}
 
 
 def refusal(code: str, message: str) -> dict[str, Any]:
@@ -84,10 +92,18 @@ async def lease_credential(
     purpose: str,
     *,
     timeout: float = 5.0,
+    refresh: bool = False,
 ) -> Lease:
-    """Ask the registry for ``account_id``'s secret; raise ``LeaseRefused`` or ``Unavailable``."""
+    """Ask the registry for ``account_id``'s secret; raise ``LeaseRefused`` or ``Unavailable``.
+
+    For an OAuth2 account the secret is a current access token; ``refresh=True`` (after the
+    server refused the last one) makes the registry refresh it first."""
     request = LeaseRequest(
-        tenant_id=tenant_id, account_id=account_id, service=service, purpose=purpose
+        tenant_id=tenant_id,
+        account_id=account_id,
+        service=service,
+        purpose=purpose,
+        refresh=refresh,
     )
     try:
         msg = await nc.request(LEASE_SUBJECT, request.model_dump_json().encode(), timeout=timeout)

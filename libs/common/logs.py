@@ -121,5 +121,9 @@ def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("faststream", "nats", "httpx", "aiosqlite", "uvicorn.access", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # aioimaplib logs the IMAP wire at DEBUG: mail content, and a LOGIN password containing
+    # '"' or '\\' in its quoted form, which neither its scrub nor ours recognises
+    # (tests/e2e/test_canary_full_run.py).
+    quiet = ("faststream", "nats", "httpx", "aiosqlite", "uvicorn.access", "alembic", "aioimaplib")
+    for name in quiet:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     ``local``: owner-or-admin rules inside each service, for a service tested on its own."""
     log_level: str = "INFO"
     gil_switch_interval_s: float = 0.001
+    gc_gen0_threshold: int = 20_000
+    """Allocations between young garbage collections (0 keeps Python's default; host.py)."""
     otel_enabled: bool = False
 
     def database_url_for(self, service: str) -> str:
@@ -48,6 +50,23 @@ class Settings(BaseSettings):
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = None
+    """OIDC is on when issuer, audience and JWKS URL are set (all three); libs/common/oidc.py
+    documents the claim mapping and the key cache below."""
+    oidc_tenant_claim: str = "mailroom_tenant"
+    oidc_role_claim: str = "mailroom_role"
+    oidc_subject_claim: str = "sub"
+    oidc_tenant: str | None = None
+    """The one tenant this provider serves (tokens naming another: 403 ``wrong_tenant``)."""
+    oidc_role_map: dict[str, str] = Field(default_factory=dict)
+    oidc_default_role: str = "employee"
+    oidc_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
+    )
+    oidc_leeway_s: float = 30.0
+    oidc_jwks_ttl_s: float = 300.0
+    oidc_jwks_refresh_min_s: float = 30.0
+    oidc_jwks_max_stale_s: float = 24 * 3600.0
+    oidc_jwks_timeout_s: float = 3.0
 
     def auth_key_path(self) -> Path:
         return self.auth_key_file or self.data_dir / "auth_ed25519.pem"

@@ -17,7 +17,7 @@ DLQ_STREAM = "MAILROOM_DLQ"
 DLQ_PREFIX = "mailroom-dlq"
 RPC_PREFIX = "mailroom-rpc"
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 
 class SubjectError(ValueError):

@@ -1,4 +1,8 @@
-"""Audit HTTP API: query, verify, replay and export a tenant's trail."""
+"""Audit HTTP API: query, verify, replay and export a tenant's trail.
+
+Tenant admins read everything; others read one mailbox's entries with Read on it
+(``services.audit.access``).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from libs.common.http import ERRORS
 from libs.common.service import Caller
 from libs.common.store.database import Database
 from services.audit import domain
+from services.audit.access import MAILBOX_AGGREGATES, AuditAccess
 from services.audit.repository import AuditQuery, AuditRepository
 
 
@@ -63,7 +68,8 @@ def _cursor(value: str | None) -> int:
     return position
 
 
-def build_router(db: Database) -> APIRouter:
+def build_router(db: Database, access: AuditAccess | None = None) -> APIRouter:
+    access = access or AuditAccess()
     r = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERRORS)  # type: ignore[arg-type]
 
     @r.get("/events", response_model=AuditPage)
@@ -79,8 +85,15 @@ def build_router(db: Database) -> APIRouter:
         cursor: str | None = None,
         limit: int = Query(100, ge=1, le=1000),
     ) -> AuditPage:
-        caller.require_admin()
-        q = AuditQuery(aggregate_id, aggregate_type, type, actor, correlation_id, since, until)
+        """Entries by filter. A tenant admin queries the whole trail; anyone else must name a
+        mailbox (``aggregate_id``) they may read, and gets that mailbox's entries only."""
+        await access.require_mailbox_read(caller, aggregate_id)
+        types: tuple[str, ...] | None = None
+        if not caller.is_admin:
+            types = MAILBOX_AGGREGATES
+        q = AuditQuery(
+            aggregate_id, aggregate_type, type, actor, correlation_id, since, until, types
+        )
         async with db.read() as conn:
             rows = await AuditRepository(conn, caller.tenant_id).page(q, _cursor(cursor), limit)
         nxt = str(rows[-1].position) if len(rows) == limit else None

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from libs.common.authz_client import AuthzClient
 from libs.common.consumer import Projection
-from libs.common.service import Service
+from libs.common.service import Runtime, Service
 from libs.common.settings import Settings
 from libs.common.store.database import Database
 from libs.common.subjects import PREFIX, rpc_subject
 from services.audit import tables
+from services.audit.access import AuditAccess
 from services.audit.api import build_router
-from services.audit.projection import append_to_chain
 from services.audit.repository import replay_all
 
 DURABLE = "audit"
@@ -24,14 +26,21 @@ class ReplayRequest(BaseModel):
     limit: int = Field(1000, ge=1, le=10_000)
 
 
-def create_app(settings: Settings) -> Service:
+@dataclass
+class AuditService(Service):
+    access: AuditAccess = field(default_factory=AuditAccess)
+
+
+def create_app(settings: Settings) -> AuditService:
     db = Database(settings.database_url_for("audit"), tables.metadata)
-    svc = Service(
+    access = AuditAccess()
+    svc = AuditService(
+        access=access,
         name="audit",
         db=db,
         settings=settings,
-        routers=[build_router(db)],
-        projections=[Projection(DURABLE, f"{PREFIX}.>", append_to_chain)],
+        routers=[build_router(db, access)],
+        projections=[Projection(DURABLE, f"{PREFIX}.>", access.projection())],
         writes_events=False,
     )
     svc.schema_setup = (
@@ -48,4 +57,9 @@ def create_app(settings: Settings) -> Service:
             "last": rows[-1][0] if rows else req.after,
         }
 
+    async def start(_: Service, runtime: Runtime) -> None:
+        if settings.authz_mode == "service":  # else (local): only admins read the trail
+            access.client = AuthzClient(runtime.nc)
+
+    svc.on_start.append(start)
     return svc

@@ -8,6 +8,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.envelope import Envelope
+from libs.common.store.fastinsert import insert_rows
 from services.audit import domain
 from services.audit.tables import entries, heads
 
@@ -44,7 +45,7 @@ async def append_to_chain(conn: AsyncConnection, events: Sequence[Envelope]) -> 
                 "chain_hash": ch,
             }
         )
-    await conn.execute(insert(entries), rows)
+    await insert_rows(conn, entries, rows)
     for tenant, (seq, ch) in state.items():
         if tenant in known:
             await conn.execute(

@@ -24,6 +24,8 @@ class AuditQuery:
     correlation_id: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    aggregate_types: tuple[str, ...] | None = None
+    """Only entries of these aggregate types (None: any)."""
 
 
 class AuditRepository:
@@ -50,6 +52,8 @@ class AuditRepository:
         ):
             if value is not None:
                 stmt = stmt.where(col == value)
+        if q.aggregate_types is not None:
+            stmt = stmt.where(entries.c.aggregate_type.in_(q.aggregate_types))
         if q.type is not None:
             # "AccountAdded" matches every version; a full CloudEvents type matches exactly.
             if q.type.startswith("mailroom."):

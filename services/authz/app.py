@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,24 +20,37 @@ from libs.common.settings import Settings
 from libs.common.store.database import Database
 from services.authz import tables
 from services.authz.api import build_router
+from services.authz.config import AuthzSettings
 from services.authz.handlers import AuthzHandlers
 from services.authz.index import AuthzIndex
 from services.authz.projection import AuthzProjector, registry_projection
 from services.authz.rpc import CheckResponder
 
 log = logging.getLogger("mailroom.authz")
-SWEEP_ENV = "MAILROOM_AUTHZ_SWEEP_S"
 
 
 @dataclass
 class AuthzService(Service):
     index: AuthzIndex | None = None
     handlers: AuthzHandlers | None = None
-    sweep_s: float = 30.0
+    config: AuthzSettings = field(default_factory=AuthzSettings)
     _own: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
-def create_app(settings: Settings) -> AuthzService:
+def _every(interval_s: float, job: Callable[[], Awaitable[Any]], what: str) -> Any:
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except Exception as exc:  # the next round tries again; checks never depend on it
+                log.warning("authz %s failed: %s", what, exc)
+
+    return loop()
+
+
+def create_app(settings: Settings, config: AuthzSettings | None = None) -> AuthzService:
+    config = config or AuthzSettings()
     db = Database(settings.database_url_for("authz"), tables.metadata, projector=AuthzProjector())
     index = AuthzIndex(db)
     handlers = AuthzHandlers(db, index)
@@ -48,7 +61,7 @@ def create_app(settings: Settings) -> AuthzService:
         routers=[build_router(handlers, index)],
         index=index,
         handlers=handlers,
-        sweep_s=float(os.environ.get(SWEEP_ENV, "30")),
+        config=config,
     )
 
     def poke() -> None:
@@ -60,19 +73,17 @@ def create_app(settings: Settings) -> AuthzService:
     svc.projections = [registry_projection(db.store, poke)]
     responder = CheckResponder(index)
 
-    async def sweep() -> None:
-        while True:
-            await asyncio.sleep(svc.sweep_s)
-            try:
-                await handlers.sweep_expired()
-            except Exception as exc:  # the next sweep tries again; checks never depend on it
-                log.warning("authz expiry sweep failed: %s", exc)
+    async def prune() -> None:
+        await handlers.prune_changes(svc.config.change_retention_s)
 
     async def start(_: Service, runtime: Runtime) -> None:
         await index.load()
         index.start()
         await responder.start(runtime.nc)
-        svc._own.append(asyncio.create_task(sweep(), name="authz-sweep"))
+        sweep = _every(svc.config.sweep_s, handlers.sweep_expired, "expiry sweep")
+        svc._own.append(asyncio.create_task(sweep, name="authz-sweep"))
+        pruner = _every(svc.config.prune_interval_s, prune, "change-log pruning")
+        svc._own.append(asyncio.create_task(pruner, name="authz-prune"))
         runtime.verifier.revoked.append(index.is_offboarded)
 
     async def stop(_: Service, runtime: Runtime) -> None:

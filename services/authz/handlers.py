@@ -1,4 +1,5 @@
-"""Commands of the authz service: grant, revoke, and the sweep of expired grants.
+"""Commands of the authz service: grant, revoke, the sweep of expired grants, and the pruning
+of the change log.
 
 A command runs in one transaction: lock the tenant's revision, load the mailbox slice, decide,
 append the events (the projector applies them in the same transaction). A refused change is
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
@@ -23,7 +24,7 @@ from libs.common.store.eventstore import ConcurrencyError
 from services.authz import domain
 from services.authz.index import AuthzIndex
 from services.authz.projection import ACTOR, wrap
-from services.authz.repository import AuthzRepository
+from services.authz.repository import AuthzRepository, tenant_heads
 
 Clock = Callable[[], datetime]
 ATTEMPTS = 5
@@ -118,4 +119,16 @@ class AuthzHandlers:
             except (ConcurrencyError, IntegrityError):  # raced another writer: next sweep
                 continue
             await self.index.catch_up(tenant)
+        return done
+
+    async def prune_changes(self, retention_s: float, now: datetime | None = None) -> int:
+        """Delete change-log rows recorded more than ``retention_s`` ago (each tenant's newest
+        kept); return how many went. Revisions and freshness checks do not depend on them."""
+        before = (now or self.clock()) - timedelta(seconds=retention_s)
+        async with self.db.read() as conn:
+            tenants = sorted(await tenant_heads(conn))
+        done = 0
+        for tenant in tenants:
+            async with self.db.write() as conn:
+                done += await AuthzRepository(conn, tenant).prune_changes(before)
         return done

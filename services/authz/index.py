@@ -4,7 +4,9 @@ At start each tenant is loaded from the projection tables in one snapshot (state
 Afterwards the index follows each tenant's change log: after every local write at once, after
 consumed registry events when poked, and by polling the tenants' revisions (which is also how a
 replica learns of writes made by another replica). A change applies the same pure ops as the
-SQL projection, so the index equals the projection at the same revision.
+SQL projection, so the index equals the projection at the same revision. A tenant whose next
+change was already pruned from the log (an index further behind than the retention) is reloaded
+from the projection tables in one snapshot instead.
 
 Freshness: ``check(..., at_least_as_fresh=r)`` waits up to ``fresh_wait_s`` for the tenant to
 reach revision ``r`` (catching up from the database meanwhile), else denies with ``stale``.
@@ -36,6 +38,7 @@ class AuthzIndex:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.reloads = 0  # tenants reloaded from the tables because the log was pruned
 
     # --- reading --------------------------------------------------------------------------
     def state(self, tenant_id: str) -> domain.TenantState:
@@ -114,20 +117,36 @@ class AuthzIndex:
                     st = self.tenants.get(tenant)
                     if st is None or st.revision < head:
                         st = st or domain.TenantState(tenant)
-                        await self._follow(AuthzRepository(conn, tenant), st, head)
-                        self.tenants[tenant] = st
+                        repo = AuthzRepository(conn, tenant)
+                        self.tenants[tenant] = await self._follow(repo, st, head)
 
-    async def _follow(self, repo: AuthzRepository, st: domain.TenantState, head: int) -> None:
+    async def _follow(
+        self, repo: AuthzRepository, st: domain.TenantState, head: int
+    ) -> domain.TenantState:
+        """``st`` advanced to ``head`` along the change log, or (the log no longer holds the
+        next change: pruned) the tenant reloaded from the projection tables."""
         while st.revision < head:
             batch = await repo.changes_after(st.revision)
-            if not batch:
-                return
+            if not batch or batch[0][0] != st.revision + 1:
+                return await self._reload(repo.t, st.revision)
             for revision, raw in batch:
-                if revision != st.revision + 1:  # cannot happen: revisions have no gaps
-                    raise RuntimeError(f"change log gap at {st.revision + 1} for {repo.t}")
+                if revision != st.revision + 1:
+                    return await self._reload(repo.t, st.revision)
                 env = Envelope.model_validate_json(raw)
                 st.apply_event(env.event(), env.aggregate_id)
                 st.revision = revision
+        return st
+
+    async def _reload(self, tenant_id: str, had: int) -> domain.TenantState:
+        state = await self._load_tenant(tenant_id)
+        self.reloads += 1
+        log.info(
+            "authz index: change log pruned past revision %d of %s; reloaded at revision %d",
+            had,
+            tenant_id,
+            state.revision,
+        )
+        return state
 
     def poke(self) -> None:
         """Something was (or is about to be) committed: look at the change log soon."""

@@ -107,9 +107,22 @@ def registry_projection(store: EventStore, poke: Callable[[], None] = lambda: No
     return Projection(DURABLE, REGISTRY_FILTER, apply)
 
 
+class ChangeLogPruned(RuntimeError):
+    """The change log no longer starts at revision 1: it cannot rebuild the projection."""
+
+
 async def rebuild(conn: AsyncConnection, tenant_id: str) -> int:
-    """Rebuild a tenant's projection from scratch out of its change log; return the revision."""
+    """Rebuild a tenant's projection from scratch out of its change log; return the revision.
+
+    Only while the log is whole: once old changes were pruned (``AuthzSettings
+    .change_retention_s``) this raises :class:`ChangeLogPruned` and changes nothing.
+    """
     repo = AuthzRepository(conn, tenant_id)
+    first = await repo.first_change()
+    if first is not None and first != 1:
+        raise ChangeLogPruned(
+            f"the change log of {tenant_id} starts at revision {first} (older ones were pruned)"
+        )
     await repo.reset()
     revision = 0
     while batch := await repo.changes_after(revision):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.envelope import Envelope
@@ -36,7 +36,30 @@ class AuthzRepository:
 
     async def log_change(self, revision: int, env: Envelope) -> None:
         row = {"tenant_id": self.t, "revision": revision, "type": env.type}
-        await self.conn.execute(insert(changes).values(**row, envelope=env.model_dump_json()))
+        recorded = domain.fmt_time(datetime.now(UTC))
+        await self.conn.execute(
+            insert(changes).values(**row, envelope=env.model_dump_json(), recorded_at=recorded)
+        )
+
+    async def first_change(self) -> int | None:
+        """The oldest revision the change log still holds (None: empty)."""
+        q = select(func.min(changes.c.revision)).where(changes.c.tenant_id == self.t)
+        value = (await self.conn.execute(q)).scalar()
+        return int(value) if value is not None else None
+
+    async def prune_changes(self, before: datetime) -> int:
+        """Delete changes recorded before ``before`` (or before recording times were kept),
+        always keeping the newest; return how many went."""
+        head = await self.head()
+        recorded = changes.c.recorded_at
+        res = await self.conn.execute(
+            delete(changes).where(
+                changes.c.tenant_id == self.t,
+                changes.c.revision < head,
+                or_(recorded.is_(None), recorded < domain.fmt_time(before)),
+            )
+        )
+        return int(res.rowcount or 0)
 
     async def changes_after(self, revision: int, limit: int = 1000) -> list[tuple[int, str]]:
         q = (

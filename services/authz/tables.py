@@ -4,7 +4,9 @@
 transaction, with every event the projection applies (authz's own grants, revocations and
 expiries, and the registry events that matter to access). ``authz_changes`` keeps each of those
 events under its revision, so that any replica's in-memory index can follow the projection
-(and the projection can be rebuilt) in exactly the same order.
+(and the projection can be rebuilt) in exactly the same order. Changes older than the retention
+(``MAILROOM_AUTHZ_CHANGE_RETENTION_S``, by ``recorded_at``) are pruned, the newest of each
+tenant excepted; an index that finds a gap reloads its tenant from the projection tables.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ changes = Table(
     Column("revision", Integer, primary_key=True),
     Column("type", String(128), nullable=False),
     Column("envelope", Text, nullable=False),
+    # When the change was applied (fixed-width UTC text); NULL for rows from before authz_0002.
+    Column("recorded_at", String(32), nullable=True),
+    Index("ix_authz_changes_recorded", "recorded_at"),
 )
 
 mailboxes = Table(

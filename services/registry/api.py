@@ -43,7 +43,7 @@ from services.registry.permissions import Permissions, self_service_owner
 from services.registry.presets import list_presets
 from services.registry.repository import AccountFilter, RegistryRepository
 
-_CURSOR = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+_CURSOR = re.compile(r"^[0-9A-Za-z-]{1,64}\Z")
 _ETAG = re.compile(r'^(?:W/)?"?([0-9]{1,10})"?$')
 
 IfMatch = Annotated[str | None, Header(description="the account's version (optimistic lock)")]

@@ -14,12 +14,19 @@ from services.registry.api import build_router
 from services.registry.api_connect import build_connect_router
 from services.registry.api_employees import build_employee_router
 from services.registry.api_import import build_import_router
+from services.registry.api_oauth import build_oauth_router
+from services.registry.api_signatures import build_signature_router
+from services.registry.employee_status import EMPLOYEE_SUBJECT, serve_employee_status
 from services.registry.handlers import Handlers
-from services.registry.handlers_credentials import CredentialHandlers
 from services.registry.handlers_import import ImportHandlers
 from services.registry.handlers_org import OrgHandlers
+from services.registry.handlers_signatures import SignatureHandlers
 from services.registry.lease import serve_lease
 from services.registry.netguard import Network
+from services.registry.oauth_client import OAuthHttp
+from services.registry.oauth_config import OAuthClients
+from services.registry.oauth_flow import OAuthFlow
+from services.registry.oauth_lease import OAuthCredentialHandlers
 from services.registry.offboarding import build_offboarding_router
 from services.registry.permissions import (
     OwnerOrAdmin,
@@ -49,9 +56,11 @@ def create_app(
     )
     keys = keystore or load_keystore(settings, environ)
     handlers = Handlers(db, keys, registry_settings or RegistrySettings())
-    credentials = CredentialHandlers(handlers)
-    perms = PermissionsRef(permissions or OwnerOrAdmin(db))
     rs = handlers.settings
+    # OAuth2 accounts lease a current access token (refreshed) instead of their token document.
+    oauth_http = OAuthHttp(timeout_s=rs.oauth_timeout_s, ca_file=rs.ca_file)
+    credentials = OAuthCredentialHandlers(handlers, OAuthClients.from_env(environ), oauth_http)
+    perms = PermissionsRef(permissions or OwnerOrAdmin(db))
     network = Network.create(
         dns_server=rs.dns_server,
         ca_file=rs.ca_file,
@@ -74,6 +83,8 @@ def create_app(
             build_offboarding_router(db),
             build_connect_router(org, credentials, perms, db, network),
             build_import_router(importer, db),
+            build_signature_router(SignatureHandlers(db), perms, db),
+            build_oauth_router(OAuthFlow(db, credentials), perms),
         ],
     )
 
@@ -88,5 +99,10 @@ def create_app(
     async def lease(body: Any) -> dict[str, Any]:
         """Internal: a credential for sync or sender, audited as CredentialAccessed."""
         return await serve_lease(credentials, body)
+
+    @svc.nats.subscriber(EMPLOYEE_SUBJECT, queue="registry")
+    async def employee_status(body: Any) -> dict[str, Any]:
+        """Internal: is an employee active (the sender asks before an employee's send)."""
+        return await serve_employee_status(db, body)
 
     return svc

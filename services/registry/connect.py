@@ -7,7 +7,7 @@ step has its own timeout. Nothing is stored; the secret is used for the login on
 from every detail and log line.
 
 Protocols: IMAP (aioimaplib), POP3 (asyncio streams), SMTP (aiosmtplib) in
-:mod:`connect_proto`; for EWS only name resolution, TCP and TLS are checked.
+:mod:`connect_proto`; EWS (exchangelib: a real sign-in and the Inbox) in :mod:`connect_ews`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic import BaseModel, SecretStr
 
 from libs.common.events.registry import AuthMode, Server
 from libs.common.logs import remember_secret
-from services.registry import connect_proto
+from services.registry import connect_ews, connect_proto
 from services.registry.connect_hints import (
     Diagnosis,
     Failure,
@@ -40,7 +40,7 @@ PLAN: dict[str, tuple[StepName, ...]] = {
     "imap": ("dns", "tcp", "tls", "greeting", "login", "mailbox_select"),
     "pop3": ("dns", "tcp", "tls", "greeting", "login", "mailbox_select"),
     "smtp": ("dns", "tcp", "tls", "greeting", "smtp_auth"),
-    "ews": ("dns", "tcp", "tls", "login"),
+    "ews": ("dns", "tcp", "tls", "login", "mailbox_select"),
 }
 MAX_DETAIL = 300
 
@@ -102,6 +102,8 @@ class Probe:
         self.steps: list[StepOut] = []
         self.secrets: list[str] = []
         self.start = time.monotonic()
+        self.reach: Reach = "public"
+        """What the guard lets this check reach (connections made by libraries too)."""
 
     @property
     def sni(self) -> str:
@@ -263,6 +265,7 @@ async def check_server(
     timeout: float | None = None,
 ) -> ServerCheck:
     p = Probe(server, role, network, timeout or network.connect_timeout)
+    p.reach = reach
     if credential is not None and credential.secret is not None:
         p.secrets.append(credential.secret.get_secret_value())
         remember_secret(credential.secret.get_secret_value())
@@ -270,7 +273,8 @@ async def check_server(
         await _resolve(p, network, reach)
         sock = await p.step("tcp", lambda: open_tcp(p.addresses, p.port))
         p.note(f"connected to {p.addresses[0] if len(p.addresses) == 1 else 'the server'}")
-        await connect_proto.PROBES[p.protocol](p, sock, credential)
+        run = connect_ews.probe if p.protocol == "ews" else connect_proto.PROBES[p.protocol]
+        await run(p, sock, credential)
     except StepFailed:
         pass
     return p.result()

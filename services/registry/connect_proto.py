@@ -20,6 +20,7 @@ import aioimaplib
 import aiosmtplib
 from aioimaplib.aioimaplib import Command, quoted
 
+from libs.common.imap_xoauth2 import xoauth2
 from services.registry.connect_hints import PORTS, Diagnosis, StepFailed, classify_reply
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ async def _imap_login(proto: aioimaplib.IMAP4ClientProtocol, c: Credential) -> N
     assert c.secret is not None
     secret = c.secret.get_secret_value()
     if c.auth_mode == "oauth2":
-        r = await proto.xoauth2(c.username, secret)
+        r = await xoauth2(proto, c.username, secret)  # answers a refusal, keeps logs clean
     else:
         if "LOGINDISABLED" in proto.capabilities:
             raise StepFailed(classify_reply("LOGINDISABLED", "imap"), "LOGINDISABLED")

@@ -107,6 +107,8 @@ class DeleteAccount:
 @dataclass(frozen=True, slots=True)
 class ReplaceCredential:
     credential: CredentialRef
+    cause: Literal["replaced", "oauth_refresh"] = "replaced"
+    """``oauth_refresh``: the registry refreshed an OAuth2 access token (new blob version)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ def decide(command: Command, state: AccountState) -> list[Event]:
                     f"follow {expected - 1}",
                     code="credential_version",
                 )
-            return [CredentialRotated(credential=command.credential, cause="replaced")]
+            return [CredentialRotated(credential=command.credential, cause=command.cause)]
         case RewrapCredential():
             return _rewrap(state, command.credential)
         case AccessCredential():

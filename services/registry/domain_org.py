@@ -29,7 +29,7 @@ SelfService = Literal["off", "org_domains", "any"]
 PLACEHOLDERS = frozenset({"%EMAILADDRESS%", "%EMAILLOCALPART%", "%EMAILDOMAIN%"})
 MAX_DOMAINS = 100
 _PLACEHOLDER = re.compile(r"%[A-Za-z]*%")
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 KIND: dict[str, Protocol] = {"imap": "imap", "pop3": "pop3", "ews": "exchange"}
 FIELDS = (
     "domains",

@@ -199,17 +199,20 @@ class CredentialHandlers:
                 )
             if version == ring.active_version:
                 raise Conflict(f"KEK version {version} is active; rotate first", code="kek_active")
-            async with self.db.read() as conn:
-                in_use = await count_blobs_under_kek(conn, version)
-            try:
-                removed = self.keys.retire(version, in_use)
-            except KeyRetireRefusedError:
-                raise Conflict(
-                    f"KEK version {version} still wraps {in_use} credential(s); "
-                    "run `mailroom keys rotate` first",
-                    code="kek_in_use",
-                    details={"blobs": in_use},
-                ) from None
+            # Count and drop the version in a write transaction: a credential sealed under it
+            # before the rotation but committed after a plain read would be lost (an import
+            # chunk on PostgreSQL was: tests/chaos/test_key_rotation.py).
+            async with self.db.transaction() as tx:
+                in_use = await count_blobs_under_kek(tx.conn, version)
+                try:
+                    removed = self.keys.retire(version, in_use)
+                except KeyRetireRefusedError:
+                    raise Conflict(
+                        f"KEK version {version} still wraps {in_use} credential(s); "
+                        "run `mailroom keys rotate` first",
+                        code="kek_in_use",
+                        details={"blobs": in_use},
+                    ) from None
             ring = self.keys.ring
             return RetireResult(version, removed, ring.active_version, ring.versions)
 

@@ -12,6 +12,7 @@ say), its rows are written one by one so no row can fail another.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -39,7 +40,7 @@ from services.registry.importer import (
     plan_row,
     problem_result,
 )
-from services.registry.netguard import Network, Reach
+from services.registry.netguard import HostResolver, Network, Reach
 from services.registry.presets import preset_for_domain
 from services.registry.repository import AccountRow, EmployeeRow
 from services.registry.repository_bulk import BulkRepository
@@ -104,6 +105,27 @@ def _existing(item: Planned, row: AccountRow, owner: EmployeeRow | None) -> RowR
         message=f"row {item.row}: {item.address} already exists with other settings; an import "
         f"does not change it (use PATCH /v1/accounts/{row.id})",
     )
+
+
+@dataclasses.dataclass
+class ImportResolver(HostResolver):
+    """Looks each host name up once for a whole import (hundreds of rows name the same
+    servers); concurrent rows share the lookup. A failed lookup is not remembered."""
+
+    memo: dict[str, asyncio.Future[list[str]]] = dataclasses.field(default_factory=dict)
+
+    async def addresses(self, host: str, timeout: float) -> list[str]:
+        key = host.strip("[]").lower()
+        found = self.memo.get(key)
+        if found is None:
+            found = asyncio.ensure_future(super().addresses(host, timeout))
+            self.memo[key] = found
+        try:
+            return list(await asyncio.shield(found))
+        except Exception:
+            if self.memo.get(key) is found:
+                del self.memo[key]
+            raise
 
 
 class ImportHandlers:
@@ -229,13 +251,16 @@ class ImportHandlers:
     ) -> list[Planned]:
         gate = asyncio.Semaphore(max(1, concurrency))
         done = 0
+        network = dataclasses.replace(
+            self.network, resolver=ImportResolver(dns=self.network.resolver.dns)
+        )
 
         async def one(item: Planned) -> bool:
             nonlocal done
             s = item.added.settings
             async with gate:
                 report = await check_account(
-                    self.network,
+                    network,
                     s.incoming,
                     s.custom_smtp or s.outgoing,
                     Credential(s.username, item.secret, s.auth_mode),

@@ -16,26 +16,28 @@ from pydantic import ValidationError
 from libs.common.errors import MailroomError
 from libs.common.leases import Lease, LeaseRequest, refusal
 from libs.common.metrics import record_lease
-from services.registry.handlers_credentials import CredentialHandlers
+from services.registry.oauth_lease import OAuthCredentialHandlers
 
 log = logging.getLogger("mailroom.registry.lease")
 
 
-async def serve_lease(ch: CredentialHandlers, body: Any) -> dict[str, Any]:
+async def serve_lease(ch: OAuthCredentialHandlers, body: Any) -> dict[str, Any]:
     reply = await _serve_lease(ch, body)
     service = body.get("service") if isinstance(body, dict) else None
     record_lease(str(service), "granted" if reply["ok"] else str(reply["error"]["code"]))
     return reply
 
 
-async def _serve_lease(ch: CredentialHandlers, body: Any) -> dict[str, Any]:
+async def _serve_lease(ch: OAuthCredentialHandlers, body: Any) -> dict[str, Any]:
     try:
         req = LeaseRequest.model_validate(body)
     except ValidationError as exc:
         where = ".".join(str(p) for p in exc.errors()[0]["loc"]) or "body"
         return refusal("invalid_request", f"lease request: {where}: {exc.errors()[0]['msg']}")
     try:
-        grant = await ch.lease(req.tenant_id, req.account_id, req.service, req.purpose)
+        grant = await ch.lease(
+            req.tenant_id, req.account_id, req.service, req.purpose, refresh=req.refresh
+        )
     except MailroomError as exc:
         return refusal(exc.code, exc.message)
     except Exception as exc:

@@ -44,9 +44,9 @@ IncomingProtocol = Literal["imap", "pop3", "ews"]
 PresetKind = Literal["imap", "pop3", "exchange", "office365", "gmail", "custom"]
 AuthMode = Literal["password", "app_password", "oauth2"]
 
-_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
-_HOST = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9-]{1,63})*$")
+_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}\Z")
+_HOST = re.compile(r"^(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9-]{1,63})*\Z")
 
 #: Username placeholders understood in ``username`` templates (Thunderbird style).
 EMAIL_ADDRESS = "%EMAILADDRESS%"
@@ -263,7 +263,7 @@ _AUTH_METHODS: dict[str, AuthMode] = {
     "secure": "password",
     "oauth2": "oauth2",
 }
-_AC_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_AC_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 
 
 def _text(element: Element, tag: str) -> str:

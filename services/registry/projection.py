@@ -32,6 +32,7 @@ from libs.common.events.registry import (
     OrgMailSettingsChanged,
 )
 from services.registry.domain_employees import department_key
+from services.registry.projection_signatures import apply_signature
 from services.registry.tables import accounts, departments, employees, org_settings
 from services.registry.validation import address_key
 
@@ -67,8 +68,10 @@ class RegistryProjector:
                     await _departments(conn, env.tenant_id, None, event.department)
             elif env.aggregate == "account":
                 await _account(conn, env, event)
+                await apply_signature(conn, env, event)
             elif env.aggregate == "employee":
                 await _employee(conn, env, event)
+                await apply_signature(conn, env, event)
             elif env.aggregate == "org":
                 await _org(conn, env, event)
         if run:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, or_, select, update
+from sqlalchemy import Select, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.registry import AccountSettings
@@ -352,7 +352,13 @@ class RegistryRepository:
 
 
 async def count_blobs_under_kek(conn: AsyncConnection, kek_version: int) -> int:
-    """Operator-level: how many blobs of any tenant a KEK still wraps (guards ``retire``)."""
+    """Operator-level: how many blobs of any tenant a KEK still wraps (guards ``retire``).
+
+    Called in a write transaction: on PostgreSQL the table is locked (SHARE) first, so writes of
+    credentials still in flight — sealed under the old KEK before a rotation, committed later —
+    finish and are counted, and new ones wait (SQLite's single writer does the same)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text(f"LOCK TABLE {credential_blobs.name} IN SHARE MODE"))
     b = credential_blobs.c
     q = select(func.count()).select_from(credential_blobs).where(b.kek_version == kek_version)
     return int((await conn.execute(q)).scalar() or 0)

@@ -63,6 +63,18 @@ class RegistrySettings(BaseSettings):
     import_max_bytes: int = 50 * 1024 * 1024
     import_test_concurrency: int = 16
     """Default number of connection tests run at once by an import with tests."""
+    oauth_state_ttl_s: int = 600
+    """How long an OAuth2 authorization started by ``/v1/oauth/{provider}/start`` may take."""
+    oauth_redirect_base: str | None = None
+    """Public base URL of the API (``https://mail.example.com``): the callback is
+    ``{base}/v1/oauth/{provider}/callback``; unset: the URL the start request came to."""
+    oauth_refresh_margin_s: float = 300.0
+    """An access token expiring sooner than this is refreshed before it is leased."""
+    oauth_forced_refresh_min_age_s: float = 10.0
+    """A lease asking for a refresh (after an authentication failure) gets the current access
+    token if it is younger than this (another service just refreshed it)."""
+    oauth_timeout_s: float = 10.0
+    """Per request to a provider's token or discovery endpoint."""
 
 
 def _write_private(path: Path, text: str) -> None:

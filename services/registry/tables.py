@@ -114,3 +114,48 @@ org_settings = Table(
     Column("version", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# Signatures (read tables of SignatureSet/SignatureRemoved and the personal ones): sanitised
+# HTML and its derived text, as the events carry them.
+signatures = Table(
+    "signatures",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("account_id", String(64), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", Text, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "account_id", "name", name="pk_signatures"),
+)
+
+personal_signatures = Table(
+    "personal_signatures",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("employee_id", String(64), nullable=False),
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", Text, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "employee_id", name="pk_personal_signatures"),
+)
+
+# OAuth2 authorization requests in flight (``/v1/oauth/{provider}/start`` -> callback): single
+# use, short-lived; the state itself is stored hashed and the PKCE verifier sealed.
+oauth_states = Table(
+    "oauth_states",
+    metadata,
+    Column("tenant_id", String(64), nullable=False),
+    Column("state_hash", String(64), nullable=False),
+    Column("account_id", String(64), nullable=False),
+    Column("provider", String(40), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("binding_hash", String(64), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("verifier", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "state_hash", name="pk_oauth_states"),
+)

@@ -49,7 +49,7 @@ OUTGOING: dict[Protocol, frozenset[ServerProtocol]] = {
     "gmail": frozenset({"smtp"}),
     "custom": frozenset({"smtp", "ews"}),
 }
-_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\Z")
 
 
 class Invalid(MailroomError):
@@ -70,7 +70,7 @@ class ServerSpec:
     url: str | None = None
 
 
-_DOT_ATOM = re.compile(r"^[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*$")
+_DOT_ATOM = re.compile(r"^[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*\Z")
 
 
 @functools.lru_cache(maxsize=4096)

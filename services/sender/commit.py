@@ -24,6 +24,7 @@ from libs.common.events.envelope import CommandContext, Envelope
 from libs.common.events.sender import SendFailed
 from libs.common.store.database import Database, Tx
 from services.sender import domain
+from services.sender.offboarding import stopped
 from services.sender.ports import LimitReached, Requester
 from services.sender.repository import SenderRepository, SendRecord, mailbox_from_row
 from services.sender.tables import mailboxes, sends
@@ -156,6 +157,8 @@ def intent_writer(db: Database) -> Callable[[Tx, list[Intent]], Awaitable[list[A
             mb_id = it.mailbox.mailbox_id
             mailbox = current.get((it.who.tenant_id, mb_id))
             refusal = sendable(mailbox, mb_id)
+            if refusal is None and mailbox is not None and not it.who.automatic:
+                refusal = stopped(mailbox)  # offboarding, exactly now
             if refusal is not None or mailbox is None:
                 results.append(refusal)
                 continue

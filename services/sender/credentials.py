@@ -53,31 +53,54 @@ class RegistryLeases:
         self.nc = nc
         self.timeout = timeout
         self._cache: dict[tuple[str, str], tuple[float, Credential]] = {}
+        self._refresh: set[tuple[str, str]] = set()
 
     async def get(self, tenant_id: str, mailbox_id: str, purpose: str) -> Credential | None:
         key = (tenant_id, mailbox_id)
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > time.monotonic():
+        refresh = key in self._refresh
+        if not refresh and hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        self._refresh.discard(key)
         try:
             lease = await lease_credential(
-                self.nc, tenant_id, mailbox_id, "sender", purpose, timeout=self.timeout
+                self.nc,
+                tenant_id,
+                mailbox_id,
+                "sender",
+                purpose,
+                timeout=self.timeout,
+                refresh=refresh,
             )
         except LeaseRefused as exc:
-            # No credential, disabled, deleted: asking again will not help.
+            if exc.status >= 500:  # e.g. the OAuth2 provider did not answer the refresh
+                raise DeliveryFailed(
+                    "server_down", f"lease refused: {exc.code}", permanent=False
+                ) from None
+            # No credential, disabled, deleted, OAuth2 reconnect: asking again will not help.
             reason: SendFailure = (
-                "auth_failed" if exc.code in ("no_credential", "not_found") else "other"
+                "auth_failed"
+                if exc.code in ("no_credential", "not_found", "oauth_reconnect_required")
+                else "other"
             )
-            raise DeliveryFailed(reason, f"lease refused: {exc.code}", permanent=True) from None
+            raise DeliveryFailed(
+                reason, f"lease refused: {exc.code}: {exc.message}", permanent=True
+            ) from None
         except Unavailable:
             raise DeliveryFailed(
                 "server_down", "the registry did not lease the credential", permanent=False
             ) from None
         cred = Credential(lease.username, lease.secret, lease.auth_mode)
         ttl = (lease.lease_expires_at.timestamp() - time.time()) - self.MARGIN_S
-        if ttl > 0:
-            self._cache[key] = (time.monotonic() + ttl, cred)
+        self._cache[key] = (time.monotonic() + ttl, cred)  # expired ones tell forget() the mode
         return cred
 
     def forget(self, tenant_id: str, mailbox_id: str) -> bool:
-        return self._cache.pop((tenant_id, mailbox_id), None) is not None
+        key = (tenant_id, mailbox_id)
+        hit = self._cache.pop(key, None)
+        if hit is None:
+            return False
+        if hit[1].auth_mode == "oauth2":  # a refused access token: the next lease refreshes it
+            self._refresh.add(key)
+            return True
+        return hit[0] > time.monotonic()

@@ -38,6 +38,8 @@ class Mailbox:
     owner_id: str | None
     status: MailboxStatus
     settings: AccountSettings
+    sending_stopped_by: str | None = None
+    """The offboarded owner while their personal mailbox may not send (``offboarding.py``)."""
 
     @property
     def outgoing(self) -> Server | None:
@@ -135,6 +137,7 @@ class Delivered:
     accepted: list[str]
     refused: dict[str, str] = field(default_factory=dict)
     reply: str = ""
+    via: Literal["smtp", "ews"] = "smtp"
 
 
 class DeliveryFailed(Exception):

@@ -30,7 +30,7 @@ from libs.common.events.sender import MessageSent, SendFailed
 from libs.common.ids import new_id
 from libs.common.metrics import record_send
 from libs.common.store.database import Database
-from services.sender import domain, mime, smtp
+from services.sender import autoreply, domain, ews, mime, smtp
 from services.sender.commit import (
     Grouped,
     Intent,
@@ -41,9 +41,11 @@ from services.sender.commit import (
     sendable,
 )
 from services.sender.models import MessageIn
+from services.sender.offboarding import automatic, refuse_leaver, stopped
 from services.sender.ports import Invalid, Requester, Submitted, Wiring
 from services.sender.repository import SenderRepository, SendRecord, record_from_row
 from services.sender.settings import SenderSettings
+from services.sender.smtp_pool import SmtpPool
 from services.sender.views import MailboxViews
 
 log = logging.getLogger("mailroom.sender")
@@ -62,21 +64,36 @@ class SenderHandlers:
         self.intents: Grouped[Intent] = Grouped(db, intent_writer(db))
         self.outcomes: Grouped[Outcome] = Grouped(db, outcome_writer(db))
         self.views = MailboxViews(db, config.mailbox_cache_s)
+        self.smtp_pool = SmtpPool.configured(config)  # swept, closed by the dispatcher
 
     # --- submit ---------------------------------------------------------------------------
     async def submit(
-        self, who: Requester, mailbox_id: str, key: str, msg: MessageIn, *, wait: bool = True
+        self,
+        who: Requester,
+        mailbox_id: str,
+        key: str,
+        msg: MessageIn,
+        *,
+        wait: bool = True,
+        extra_headers: Sequence[tuple[str, str]] = (),
     ) -> Submitted:
+        """``extra_headers``: fixed fields put in front (the autoresponder's RFC 3834 ones)."""
         _check_key(key)
         if len(msg.recipients()) > self.config.max_recipients:
             raise Invalid(f"at most {self.config.max_recipients} recipients", code="too_many")
         contents = self._attachments(msg)
         print_ = domain.fingerprint({"m": msg.model_dump(mode="json"), "b": who.on_behalf_of})
+        await refuse_leaver(self.db, self.wiring.directory, who)
         view = await self.views.get(who.tenant_id, mailbox_id)
         if view is None:
             raise NotFound(f"no mailbox {mailbox_id}")
         mailbox, owner_name = view
-        if (refusal := sendable(mailbox, mailbox_id)) is not None:
+        refusal = sendable(mailbox, mailbox_id)
+        if automatic(who, extra_headers):  # checked again in the transaction (commit.py)
+            who = dataclasses.replace(who, automatic=True)
+        if refusal is None and not who.automatic:
+            refusal = stopped(mailbox)
+        if refusal is not None:
             # A send recorded before the mailbox was disabled is still answered.
             async with self.db.read() as conn:
                 known = await SenderRepository(conn, who.tenant_id).by_key(mailbox_id, key)
@@ -84,12 +101,21 @@ class SenderHandlers:
                 return Submitted(_replay(known, print_), True)
             raise refusal
         acting = await self._acting(who)
-        text, html = await self.wiring.signatures.apply(mailbox, msg.signature, msg.text, msg.html)
+        text, html = await self.wiring.signatures.apply(
+            mailbox,
+            msg.signature,
+            msg.text,
+            msg.html,
+            employee_id=who.on_behalf_of or who.employee_id,
+        )
         if (text, html) != (msg.text, msg.html):
             msg = msg.model_copy(update={"text": text, "html": html})
         who_from = domain.identity(mailbox, owner_name, acting)
         send_id, now = new_id(), _now()
         built = await self._build(msg, who_from, send_id, now, mailbox, contents)
+        if extra_headers:
+            raw = autoreply.prepend_headers(built.raw, extra_headers)
+            built = dataclasses.replace(built, raw=raw)
         copy = domain.wants_sent_copy(mailbox, msg.save_sent_copy, self.config.sent_copy)
         token = new_id() if wait else None
         row = {
@@ -235,6 +261,8 @@ class SenderHandlers:
             raise domain.DeliveryFailed("other", "the account has no outgoing server", True)
         c = self.config
         source = self.wiring.credentials
+        if server.protocol == "ews":  # Exchange / Office 365: CreateItem SendAndSaveCopy
+            return await ews.deliver(server, mailbox, record, raw, source, c)
         for again in (True, False):
             cred = await source.get(record.tenant_id, record.mailbox_id, "smtp submission")
             try:
@@ -250,9 +278,13 @@ class SenderHandlers:
                     ),
                     ehlo_name=c.ehlo_name,
                     allow_insecure=mailbox.settings.allow_insecure,
+                    pool=self.smtp_pool,
+                    owner=(record.tenant_id, record.mailbox_id),
                 )
             except domain.DeliveryFailed as failure:
                 # A refused cached credential may just be stale: once more with a fresh one.
+                if failure.reason_class == "auth_failed":  # no session of it is kept either
+                    self.smtp_pool.invalidate(record.tenant_id, record.mailbox_id)
                 if not (failure.reason_class == "auth_failed" and again):
                     raise
                 if not source.forget(record.tenant_id, record.mailbox_id):
@@ -290,6 +322,7 @@ class SenderHandlers:
                 send_id=record.send_id,
                 attempts=attempts,
                 refused=refused,
+                via=outcome.via,
             )
         else:
             step = domain.after_failure(

@@ -16,8 +16,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-_ATOM_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+( [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_PRINTABLE = re.compile(r"^[\x20-\x7e]*$")
+_ATOM_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+( [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
+_PRINTABLE = re.compile(r"^[\x20-\x7e]*\Z")
 _WORD_BYTES = 42  # 56 base64 characters + 12 of "=?utf-8?b??=" = 68, fits any first line
 SOFT = 78
 HARD = 998

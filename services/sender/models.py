@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from services.sender import domain
 
-_MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>$")
+_MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}@[\x21-\x3b\x3d\x3f-\x7e]{1,250}>\Z")
 _MIME_TYPE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}$"
 )
@@ -76,7 +76,8 @@ class Attachment(BaseModel):
 
 
 class Signature(BaseModel):
-    """Which signature to add (signatures come with a later issue; the hook exists)."""
+    """Which signature to add: the mailbox's ``default``, a ``named`` alternate, or ``none``
+    (not even the personal one); see services/sender/signatures.py."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     mode: Literal["default", "named", "none"] = "default"

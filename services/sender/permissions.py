@@ -6,7 +6,7 @@ The answer is an ``authz_client.Decision``: besides allowed or not, it says ``on
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from libs.common.auth import Principal
 from libs.common.authz_client import AuthzClient, Decision
@@ -36,6 +36,13 @@ class AdminOnly:
             return Decision(True, "admin")
         return Decision(False, "no_access", "sending needs a tenant admin until grants apply")
 
+    async def check_configure(
+        self, principal: Principal, mailbox_id: str, at_least_as_fresh: int | None = None
+    ) -> Decision:
+        if principal.is_admin:
+            return Decision(True, "admin")
+        return Decision(False, "no_access", "configuring needs a tenant admin until grants apply")
+
 
 class AuthzPermissions:
     """The authz service's Send grants (``mailroom-rpc.authz.check``)."""
@@ -48,6 +55,31 @@ class AuthzPermissions:
     ) -> Decision:
         fresh = at_least_as_fresh or self.client.latest_revision(principal.tenant_id)
         return await self.client.check(principal, mailbox_id, "send", fresh)
+
+    async def check_configure(
+        self, principal: Principal, mailbox_id: str, at_least_as_fresh: int | None = None
+    ) -> Decision:
+        fresh = at_least_as_fresh or self.client.latest_revision(principal.tenant_id)
+        return await self.client.check(principal, mailbox_id, "configure", fresh)
+
+
+@runtime_checkable
+class ConfigurePermissions(Protocol):
+    """Who may configure a mailbox (its autoreply): Configure in authz, admins otherwise."""
+
+    async def check_configure(
+        self, principal: Principal, mailbox_id: str, at_least_as_fresh: int | None = None
+    ) -> Decision: ...
+
+
+async def check_configure(
+    permissions: object, principal: Principal, mailbox_id: str, at_least_as_fresh: int | None = None
+) -> Decision:
+    """Ask ``permissions`` for Configure; one that only answers Send (a test's, say) leaves
+    configuring to tenant admins."""
+    if isinstance(permissions, ConfigurePermissions):
+        return await permissions.check_configure(principal, mailbox_id, at_least_as_fresh)
+    return await AdminOnly().check_configure(principal, mailbox_id, at_least_as_fresh)
 
 
 def require(decision: Decision, mailbox_id: str) -> Decision:

@@ -38,18 +38,44 @@ class LimitReached(MailroomError):
 
 
 class Signatures(Protocol):
-    """Adds the chosen signature to the bodies (signatures arrive with a later issue)."""
+    """Adds the chosen signature to the bodies: ``employee_id`` is the person sending (their
+    personal signature goes above the mailbox's; their name and title fill placeholders).
+    Implemented by ``signatures.ProjectedSignatures``; raises ``Invalid`` for an unknown name."""
 
     async def apply(
-        self, mailbox: domain.Mailbox, choice: Signature, text: str | None, html: str | None
+        self,
+        mailbox: domain.Mailbox,
+        choice: Signature,
+        text: str | None,
+        html: str | None,
+        *,
+        employee_id: str | None = None,
     ) -> tuple[str | None, str | None]: ...
 
 
 class NoSignatures:
     async def apply(
-        self, mailbox: domain.Mailbox, choice: Signature, text: str | None, html: str | None
+        self,
+        mailbox: domain.Mailbox,
+        choice: Signature,
+        text: str | None,
+        html: str | None,
+        *,
+        employee_id: str | None = None,
     ) -> tuple[str | None, str | None]:
         return text, html
+
+
+class Directory(Protocol):
+    """Whether an employee is offboarded, asked of the registry's own directory (exact right
+    after an offboarding answers); None when it cannot tell (the sender's projection decides)."""
+
+    async def offboarded(self, tenant_id: str, employee_id: str) -> bool | None: ...
+
+
+class NoDirectory:
+    async def offboarded(self, tenant_id: str, employee_id: str) -> bool | None:
+        return None
 
 
 class _Unconfigured:
@@ -67,6 +93,7 @@ class Wiring:
     permissions: Permissions = field(default_factory=AdminOnly)
     credentials: CredentialSource = field(default_factory=_Unconfigured)
     signatures: Signatures = field(default_factory=NoSignatures)
+    directory: Directory = field(default_factory=NoDirectory)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +103,15 @@ class Requester:
     correlation_id: str
     on_behalf_of: str | None = None
     """The employee who sends for the mailbox (authz said ``on_behalf``)."""
+    automatic: bool = False
+    """An automatic reply (RFC 3834, the autoresponder): still sent from a mailbox whose
+    sending stopped because its owner was offboarded (the leaver's autoreply keeps answering)."""
+
+    @property
+    def employee_id(self) -> str | None:
+        """The employee calling (an ``employee:<id>`` actor), if any."""
+        role, _, subject = self.actor.partition(":")
+        return subject if role == "employee" and subject else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.registry import AccountSettings
 from services.sender import domain
-from services.sender.tables import employees, mailboxes, sends
+from services.sender.tables import (
+    employees,
+    mailboxes,
+    personal_signatures,
+    sends,
+    signatures,
+)
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -87,6 +93,7 @@ def mailbox_from_row(r: Any) -> domain.Mailbox:
         owner_id=r.owner_id,
         status=r.status,
         settings=AccountSettings.model_validate_json(r.settings),
+        sending_stopped_by=r.sending_stopped_by,
     )
 
 
@@ -111,6 +118,47 @@ class SenderRepository:
         )
         row = (await self.conn.execute(q)).first()
         return (domain.Person(row.name, row.email), bool(row.offboarded)) if row else None
+
+    async def sending_stopped(self, mailbox_id: str) -> str | None:
+        """The offboarded employee whose personal mailbox this is, while its sending stops."""
+        t = mailboxes
+        q = select(t.c.sending_stopped_by).where(
+            t.c.tenant_id == self.tenant_id, t.c.mailbox_id == mailbox_id
+        )
+        return (await self.conn.execute(q)).scalar()
+
+    async def employee_details(self, employee_id: str) -> dict[str, str] | None:
+        """Name, email, title and department of an employee (signature placeholders)."""
+        t = employees
+        q = select(t.c.name, t.c.email, t.c.title, t.c.department).where(
+            t.c.tenant_id == self.tenant_id, t.c.employee_id == employee_id
+        )
+        row = (await self.conn.execute(q)).first()
+        if row is None:
+            return None
+        return {
+            "name": row.name,
+            "email": row.email,
+            "title": row.title or "",
+            "department": row.department or "",
+        }
+
+    async def signature(self, mailbox_id: str, name: str) -> tuple[str, str] | None:
+        """(HTML, text) of a mailbox signature: ``default`` or a named alternate."""
+        t = signatures
+        q = select(t.c.html, t.c.text).where(
+            t.c.tenant_id == self.tenant_id, t.c.mailbox_id == mailbox_id, t.c.name == name
+        )
+        row = (await self.conn.execute(q)).first()
+        return (row.html, row.text) if row is not None else None
+
+    async def personal_signature(self, employee_id: str) -> tuple[str, str] | None:
+        t = personal_signatures
+        q = select(t.c.html, t.c.text).where(
+            t.c.tenant_id == self.tenant_id, t.c.employee_id == employee_id
+        )
+        row = (await self.conn.execute(q)).first()
+        return (row.html, row.text) if row is not None else None
 
     async def by_key(self, mailbox_id: str, key: str) -> SendRecord | None:
         q = select(*_RECORD_COLUMNS).where(

@@ -35,6 +35,13 @@ class SenderSettings(BaseSettings):
     """How often the dispatcher looks for due retries (it is also woken directly)."""
     concurrency: int = Field(32, ge=1)
     """Deliveries the dispatcher runs at once (per replica)."""
+    smtp_pool_per_mailbox: int = Field(8, ge=0)
+    """Idle authenticated SMTP sessions kept per mailbox for the next sends (0: a new
+    connection for every message; ``smtp_pool.py``)."""
+    smtp_pool_idle_s: float = 15.0
+    """How long such a session may wait idle for the next message."""
+    smtp_pool_max_uses: int = Field(100, ge=1)
+    """Messages per pooled session before a new connection is opened."""
     max_attachment_bytes: int = 10 * 1024 * 1024
     max_message_bytes: int = 25 * 1024 * 1024
     max_recipients: int = 100

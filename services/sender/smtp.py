@@ -1,8 +1,12 @@
 """Delivery by SMTP submission (aiosmtplib): implicit TLS or STARTTLS, AUTH, timeouts.
 
-One attempt is one connection: connect (TLS), EHLO, STARTTLS, AUTH, MAIL, RCPT for each
-recipient, DATA, QUIT. Every failure becomes a ``domain.DeliveryFailed`` with its reason class
-and whether it may be retried. Nothing is retried here; the caller records the outcome.
+One attempt is one SMTP transaction: MAIL, RCPT for each recipient, DATA, over a session that
+is either new (connect (TLS), EHLO, STARTTLS, AUTH) or, with a ``SmtpPool``, an authenticated
+session of the same mailbox, server and credential left by an earlier send (``smtp_pool.py``).
+A pooled session that turns out dead at MAIL is replaced by a new connection within the same
+attempt (nothing was accepted yet). Without a pool the session ends with QUIT. Every failure
+becomes a ``domain.DeliveryFailed`` with its reason class and whether it may be retried.
+Nothing is retried here; the caller records the outcome.
 
 When is a message delivered? The server takes responsibility with its 250 reply to the end of
 DATA. Failures before that point (connect, TLS, AUTH, MAIL, RCPT, the DATA command, an error
@@ -25,6 +29,7 @@ from pydantic import SecretStr
 
 from libs.common.events.registry import Server
 from services.sender.domain import Delivered, DeliveryFailed, smtp_reply_failure
+from services.sender.smtp_pool import PoolKey, SmtpPool
 
 AuthMode = Literal["password", "app_password", "oauth2"]
 
@@ -83,22 +88,47 @@ async def deliver(
     timeouts: Timeouts,
     ehlo_name: str,
     allow_insecure: bool = False,
+    pool: SmtpPool | None = None,
+    owner: tuple[str, str] | None = None,
 ) -> Delivered:
-    """Submit ``raw`` once. Raises ``DeliveryFailed``; partial refusals are in the result."""
+    """Submit ``raw`` once. Raises ``DeliveryFailed``; partial refusals are in the result.
+    ``pool`` and ``owner`` (tenant, mailbox): reuse that mailbox's authenticated sessions."""
     if server.security == "none" and not allow_insecure:
         raise DeliveryFailed(
             "other", "the outgoing server has no TLS and the account did not allow that", True
         )
+    key: PoolKey | None = None
+    if pool is not None and pool.enabled and owner is not None:
+        user, secret, mode = (
+            (credential.username, credential.secret.get_secret_value(), credential.auth_mode)
+            if credential is not None
+            else (None, None, None)
+        )
+        key = pool.key(owner[0], owner[1], server, ehlo_name, user, secret, mode)
     try:
         async with asyncio.timeout(timeouts.attempt):
-            return await _deliver(
-                server, credential, mail_from, recipients, raw, tls_context, timeouts, ehlo_name
-            )
+            if key is not None and pool is not None:
+                return await _pooled(
+                    pool, key, server, credential, mail_from, recipients, raw, tls_context,
+                    timeouts, ehlo_name,
+                )  # fmt: skip
+            client = await _open(server, credential, tls_context, timeouts, ehlo_name)
+            if pool is not None:  # off (per_key 0): counted all the same
+                pool.stats.opened += 1
+            delivered = await _transaction(client, mail_from, recipients, raw, None)
     except TimeoutError:
         raise DeliveryFailed("server_down", "the attempt took too long", permanent=False) from None
+    await _quit(client, timeouts)  # outside the deadline: the message was accepted
+    return delivered
 
 
-async def _deliver(
+class _Stale(Exception):
+    """A pooled session failed its MAIL: it was dead or the server wants a new connection."""
+
+
+async def _pooled(
+    pool: SmtpPool,
+    key: PoolKey,
     server: Server,
     credential: Credential | None,
     mail_from: str,
@@ -108,6 +138,32 @@ async def _deliver(
     timeouts: Timeouts,
     ehlo_name: str,
 ) -> Delivered:
+    session = pool.take(key)
+    if session is not None:
+        try:
+            delivered = await _transaction(
+                session.client, mail_from, recipients, raw, timeouts.connect
+            )
+        except _Stale:
+            pool.stats.stale += 1
+        else:
+            pool.give(key, session)
+            return delivered
+    client = await _open(server, credential, tls_context, timeouts, ehlo_name)
+    session = pool.opened(client)
+    delivered = await _transaction(client, mail_from, recipients, raw, None)
+    pool.give(key, session)
+    return delivered
+
+
+async def _open(
+    server: Server,
+    credential: Credential | None,
+    tls_context: ssl.SSLContext,
+    timeouts: Timeouts,
+    ehlo_name: str,
+) -> aiosmtplib.SMTP:
+    """A new connection: connect (TLS), EHLO, STARTTLS, AUTH."""
     client = aiosmtplib.SMTP(
         hostname=server.host,
         port=server.port,
@@ -127,8 +183,43 @@ async def _deliver(
                 await client.auth_xoauth2(credential.username, secret)
             else:
                 await client.login(credential.username, secret)
-        stage = "mail"
-        await client.mail(mail_from)
+    except BaseException as exc:
+        client.close()
+        if not isinstance(exc, Exception):
+            raise
+        raise classify(exc, stage) from None
+    return client
+
+
+def _stale(exc: BaseException) -> bool:
+    """A MAIL failure of a reused session that a new connection may not have: the connection
+    is gone or silent, or a 4xx (e.g. 421 closing, too many messages on this connection)."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0:
+        return 400 <= exc.code < 500
+    return isinstance(exc, (OSError, TimeoutError, aiosmtplib.SMTPException))
+
+
+async def _transaction(
+    client: aiosmtplib.SMTP,
+    mail_from: str,
+    recipients: Sequence[str],
+    raw: bytes,
+    reused_timeout: float | None,
+) -> Delivered:
+    """MAIL, RCPT, DATA on an open session. ``reused_timeout``: the session is a pooled one;
+    MAIL gets this (shorter) timeout, and its failure raises ``_Stale``. Any failure closes
+    the session; on success it is left open for the caller."""
+    stage = "mail"
+    try:
+        if reused_timeout is not None:
+            try:
+                await client.mail(mail_from, timeout=reused_timeout)
+            except Exception as exc:
+                if _stale(exc):
+                    raise _Stale() from exc
+                raise
+        else:
+            await client.mail(mail_from)
         stage = "rcpt"
         accepted: list[str] = []
         refused: dict[str, str] = {}
@@ -150,11 +241,17 @@ async def _deliver(
             )
         stage = "data"
         reply = await client.data(raw)
-    except Exception as exc:
+    except BaseException as exc:
         client.close()
+        if not isinstance(exc, Exception) or isinstance(exc, _Stale):
+            raise
         raise classify(exc, stage) from None
-    try:  # accepted: nothing after this point may turn the outcome into a failure
+    # accepted: nothing after this point may turn the outcome into a failure
+    return Delivered(accepted, refused, f"{reply.code} {reply.message}")
+
+
+async def _quit(client: aiosmtplib.SMTP, timeouts: Timeouts) -> None:
+    try:
         await asyncio.wait_for(client.quit(), timeouts.connect)
     except Exception:
         client.close()
-    return Delivered(accepted, refused, f"{reply.code} {reply.message}")

@@ -37,6 +37,10 @@ mailboxes = Table(
     Column("status", String(16), nullable=False),  # active | disabled | deleted
     Column("settings", Text, nullable=False),  # AccountSettings as JSON
     Column("version", Integer, nullable=False),
+    Column("ownership", String(16), nullable=False, server_default="personal"),
+    # Offboarding: the leaver whose personal mailbox this is; sending refused until reinstated
+    # or handed over (services/sender/README.md, "Offboarding").
+    Column("sending_stopped_by", String(64), nullable=True),
 )
 
 employees = Table(
@@ -47,6 +51,8 @@ employees = Table(
     Column("name", String(256), nullable=False),
     Column("email", String(320), nullable=False),
     Column("offboarded", Boolean, nullable=False, default=False),
+    Column("title", String(255), nullable=False, server_default=""),  # signature placeholders
+    Column("department", String(255), nullable=True),
 )
 
 sends = Table(
@@ -88,4 +94,65 @@ sends = Table(
     Index("ix_sender_sends_window", "tenant_id", "mailbox_id", "created_at"),
     Index("ix_sender_sends_due", "state", "next_attempt_at"),
     Index("ix_sender_sends_copy", "copy_state", "copy_next_at"),
+)
+
+# --- the autoresponder (services/sender/autoreply*.py) -----------------------------------------
+autoreplies = Table(
+    "sender_autoreplies",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("mailbox_id", String(64), primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("html", Text, nullable=True),
+    Column("subject", String(998), nullable=True),
+    Column("starts_at", TS, nullable=True),
+    Column("ends_at", TS, nullable=True),
+    Column("interval_days", Integer, nullable=False),
+    Column("source", String(16), nullable=False),  # api | offboarding
+    Column("employee_id", String(64), nullable=True),  # offboarding: the leaver
+    Column("set_at", TS, nullable=False),
+    Column("set_by", String(128), nullable=False),
+)
+
+autoreply_replies = Table(
+    "sender_autoreply_replies",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("mailbox_id", String(64), primary_key=True),
+    Column("correspondent", String(320), primary_key=True),  # lower case
+    Column("replied_at", TS, nullable=False),
+)
+
+autoreply_pending = Table(
+    "sender_autoreply_pending",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("mailbox_id", String(64), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("message", Text, nullable=False),  # MessageIn as JSON
+    Column("correlation_id", String(64), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("next_at", TS, nullable=False),  # due, or claimed by a replica until then
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("ix_sender_autoreply_pending_due", "next_at"),
+)
+
+# --- signatures (services/sender/signatures.py), from registry events -------------------------
+signatures = Table(
+    "sender_signatures",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("mailbox_id", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),  # default | an alternate
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
+)
+
+personal_signatures = Table(
+    "sender_personal_signatures",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("employee_id", String(64), primary_key=True),
+    Column("html", Text, nullable=False),
+    Column("text", Text, nullable=False),
 )

@@ -2,7 +2,8 @@
 
 It claims due sends (queued retries, and claims whose holder went silent for ``claim_s``) with
 a conditional update, so exactly one replica delivers each attempt, and runs them with bounded
-concurrency. It also files Sent copies and forgets sends older than ``keep_s``. It polls every
+concurrency. It also files Sent copies, forgets sends older than ``keep_s`` and closes idle
+pooled SMTP sessions (``smtp_pool.py``; all of them when it stops). It polls every
 ``poll_s`` and is woken at once when this replica queues work.
 """
 
@@ -51,6 +52,7 @@ class Dispatcher:
                 await t
         self._running.clear()
         self._task = None
+        await self.handlers.smtp_pool.close()
 
     async def _run(self) -> None:
         while True:
@@ -72,6 +74,7 @@ class Dispatcher:
         if free > 0:
             started += await self._claim_sends(now, free)
             started += await self._claim_copies(now, max(0, free - started))
+        self.handlers.smtp_pool.sweep()  # idle SMTP sessions past their time
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_purge > PURGE_EVERY_S:
             self._last_purge = loop.time()

@@ -20,15 +20,19 @@ import aioimaplib
 from aioimaplib.aioimaplib import Command
 
 from libs.common.events.registry import Server
+from libs.common.imap_xoauth2 import xoauth2
 from services.sync.domain import SyncError, uid_set
 from services.sync.mailmeta import MessageMeta, parse_headers, parse_internaldate
 from services.sync.ports import Credential
 
 T = TypeVar("T")
 log = logging.getLogger("mailroom.sync.imap")
-FETCH_ITEMS = (
-    "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID FROM TO SUBJECT DATE)])"
+HEADER_FIELDS = (
+    "MESSAGE-ID FROM TO SUBJECT DATE"
+    # for autoresponders (RFC 3834): where to answer, and whether to answer at all
+    " RETURN-PATH AUTO-SUBMITTED PRECEDENCE LIST-ID LIST-UNSUBSCRIBE X-AUTO-RESPONSE-SUPPRESS"
 )
+FETCH_ITEMS = f"(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS ({HEADER_FIELDS})])"
 _FETCH_START = re.compile(rb"^\d+ FETCH \(")
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
@@ -138,7 +142,7 @@ class ImapSession:
             )
             await proto.capability()
         if cred.auth_mode == "oauth2":
-            r = await self.client.xoauth2(cred.username, cred.secret.get_secret_value())
+            r = await xoauth2(proto, cred.username, cred.secret.get_secret_value())
         else:
             if "LOGINDISABLED" in proto.capabilities:
                 raise SyncError("tls", "the server refuses logins without TLS")

@@ -31,7 +31,7 @@ class Account:
 
     @property
     def watchable(self) -> bool:
-        return self.enabled and self.incoming_protocol in ("imap", "pop3")
+        return self.enabled and self.incoming_protocol in ("imap", "pop3", "ews")
 
 
 @dataclass

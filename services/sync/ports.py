@@ -33,7 +33,9 @@ class Credential:
 
 
 class CredentialSource(Protocol):
-    async def get(self, tenant_id: str, account_id: str) -> Credential: ...
+    async def get(self, tenant_id: str, account_id: str, *, refresh: bool = False) -> Credential:
+        """``refresh``: the server refused the OAuth2 access token; get a refreshed one."""
+        ...
 
     def forget(self, tenant_id: str, account_id: str) -> None: ...
 
@@ -47,18 +49,22 @@ class RegistryCredentials:
         self._cache: dict[tuple[str, str], Credential] = {}
         self.leases = 0
 
-    async def get(self, tenant_id: str, account_id: str) -> Credential:
+    async def get(self, tenant_id: str, account_id: str, *, refresh: bool = False) -> Credential:
         key = (tenant_id, account_id)
         cached = self._cache.get(key)
-        if cached is not None and cached.expires_at > time.monotonic():
+        if not refresh and cached is not None and cached.expires_at > time.monotonic():
             return cached
         try:
-            lease = await lease_credential(self._nc, tenant_id, account_id, "sync", "mailbox sync")
+            lease = await lease_credential(
+                self._nc, tenant_id, account_id, "sync", "mailbox sync", refresh=refresh
+            )
         except MailroomError as exc:
-            # Refused (no credential, disabled) needs a person: back off like a bad password.
+            # Refused (no credential, disabled, OAuth2 reconnect) needs a person: back off like
+            # a bad password; the registry's message says what to do.
+            detail = f"credential lease: {exc.code}: {exc.message}"
             if exc.status >= 500:
-                raise SyncError("unknown", f"credential lease: {exc.code}") from None
-            raise SyncError("auth", f"credential lease: {exc.code}") from None
+                raise SyncError("unknown", detail) from None
+            raise SyncError("auth", detail) from None
         self.leases += 1
         ttl = (lease.lease_expires_at.timestamp() - time.time()) - self._margin_s
         cred = Credential(lease.username, lease.secret, lease.auth_mode, time.monotonic() + ttl)
@@ -79,7 +85,7 @@ class StaticCredentials:
     def set(self, tenant_id: str, account_id: str, username: str, secret: str) -> None:
         self.entries[(tenant_id, account_id)] = (username, secret)
 
-    async def get(self, tenant_id: str, account_id: str) -> Credential:
+    async def get(self, tenant_id: str, account_id: str, *, refresh: bool = False) -> Credential:
         self.calls += 1
         try:
             user, secret = self.entries[(tenant_id, account_id)]

@@ -56,6 +56,7 @@ def _received(folder: str, uidvalidity: int, m: MessageMeta) -> MessageReceived:
         date=m.date,
         size=m.size,
         uidl=m.uidl,
+        **m.autoreply_facts(),
     )
 
 

@@ -25,7 +25,7 @@ from services.sync.models import (
     status_of,
     utc,
 )
-from services.sync.tables import accounts, folders, history, messages, status
+from services.sync.tables import accounts, ews_folders, folders, history, messages, status
 
 ACTOR = "service:sync"
 
@@ -64,7 +64,7 @@ class SyncRepository:
 
     async def forget(self, account_id: str) -> None:
         """Everything sync knows about the account (its events stay in the event store)."""
-        for t in (accounts, status, history, folders, messages):
+        for t in (accounts, status, history, folders, messages, ews_folders):
             await self.conn.execute(
                 delete(t).where(t.c.tenant_id == self.tenant_id, t.c.account_id == account_id)
             )

@@ -16,12 +16,15 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from libs.common.events.registry import Server
 from services.sync.checks import check_imap_folder, check_pop3
 from services.sync.domain import SyncError
+from services.sync.ews import poll_ews
 from services.sync.imap import ImapSession
 from services.sync.mailmeta import MessageMeta
 from services.sync.models import Account, FolderState
 from services.sync.pop3 import Pop3Session
+from services.sync.ports import Credential
 from services.sync.recording import PollResult, Recorded, Recording
 from services.sync.repository import SyncRepository
 
@@ -197,18 +200,28 @@ class AccountWatcher(Recording):
         assert server is not None
         cred = await self.engine.credentials.get(*self.key)
         async with self.engine.host_slot(server.host):
-            self.logins += 1
-            self.engine.stats.logins += 1
-            s = await ImapSession.open(
-                server,
-                cred,
-                self.engine.ssl_context,
-                connect_timeout=self.engine.settings.connect_timeout_s,
-                timeout=self.engine.settings.command_timeout_s,
-            )
+            try:
+                s = await self._login(server, cred)
+            except SyncError as exc:
+                if exc.reason_class != "auth" or cred.auth_mode != "oauth2":
+                    raise
+                # The OAuth2 access token was refused: once more with a refreshed one.
+                cred = await self.engine.credentials.get(*self.key, refresh=True)
+                s = await self._login(server, cred)
         self.session = s
         self.persistent = self.engine.take_connection()
         return s
+
+    async def _login(self, server: Server, cred: Credential) -> ImapSession:
+        self.logins += 1
+        self.engine.stats.logins += 1
+        return await ImapSession.open(
+            server,
+            cred,
+            self.engine.ssl_context,
+            connect_timeout=self.engine.settings.connect_timeout_s,
+            timeout=self.engine.settings.command_timeout_s,
+        )
 
     async def _load_folders(self) -> dict[str, FolderState]:
         if self.folders is None:
@@ -229,6 +242,8 @@ class AccountWatcher(Recording):
             raise SyncError("protocol", "the account has no incoming server")
         if server.protocol == "pop3":
             return await self._poll_pop3()
+        if server.protocol == "ews":
+            return await poll_ews(self)
         return await self._poll_imap()
 
     async def _poll_imap(self) -> PollResult:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from libs.common.nats import connect
 from libs.common.natsserver import NatsServer, free_port
 from tests.chaos.test_nats_crash import _audited, _post_all
 from tests.support.stack import start_stack, wait_until
@@ -36,11 +37,30 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
             n.stop()
 
 
+async def _jetstream_ready(node: NatsServer) -> None:
+    """A fresh cluster elects its JetStream meta leader first (seconds on a busy machine):
+    until then every JetStream API call times out."""
+    nc = await connect(node.url, name="cluster-probe")
+    try:
+
+        async def ready() -> bool:
+            try:
+                await nc.jetstream().account_info()
+            except Exception:  # no meta leader yet: "timeout" or "JetStream not enabled"
+                return False
+            return True
+
+        await wait_until(ready, timeout=90, interval=0.5)
+    finally:
+        await nc.close()
+
+
 async def test_losing_one_node_loses_no_acknowledged_event(
     tmp_path: Path, cluster: list[NatsServer]
 ) -> None:
     # The services connect to node 0 and learn the others from it; the stream's leader is
     # killed under load (if that is node 0, the services fail over to another node too).
+    await _jetstream_ready(cluster[0])
     stack = await start_stack(tmp_path, cluster[0], ("registry", "audit"), stream_replicas=3)
     js = stack.host.runtime.js
 

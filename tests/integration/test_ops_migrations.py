@@ -56,6 +56,27 @@ async def test_fresh_postgres_migrated_matches_the_models(pg_url: str) -> None:
         await engine.dispose()
 
 
+@pytest.mark.postgres
+@pytest.mark.connected
+async def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    """Three replicas (and the migration Job) may start at the same moment on one database:
+    the advisory lock lets one migrate; the others wait and find the schema at head."""
+    import asyncio
+
+    engines = [create_async_engine(pg_url) for _ in range(3)]
+    try:
+        metadata = service_metadata("sync")
+        together = asyncio.gather(*(migrations.upgrade(e, "sync", metadata) for e in engines))
+        await asyncio.wait_for(together, 60)  # without the lock they deadlock or fail
+        async with engines[0].connect() as conn:
+            found = await conn.run_sync(migrations.diff, metadata)
+            versions = (await conn.execute(text("SELECT * FROM alembic_version_sync"))).all()
+        assert found == [] and len(versions) == 1
+    finally:
+        for e in engines:
+            await e.dispose()
+
+
 async def _check_in_schema(engine: AsyncEngine, name: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(text(f'SET search_path TO "{name}"'))

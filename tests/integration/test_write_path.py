@@ -123,7 +123,7 @@ async def test_audit_stores_each_event_once_in_a_verified_chain(
     assert await audit_count(audit_stack) == 50
 
     r = await audit_stack.call("GET", "/v1/audit/verify")
-    assert r.status_code == 200 and r.json()["ok"] and r.json()["checked"] == 40
+    assert r.status_code == 200 and r.json()["ok"] and r.json()["checked"] == 40, r.text
     r = await audit_stack.call("GET", "/v1/audit/events", params={"limit": 25})
     page = r.json()
     assert len(page["items"]) == 25 and page["next_cursor"]

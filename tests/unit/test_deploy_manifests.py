@@ -696,7 +696,7 @@ def test_compose_matches_the_compose_spec_schema() -> None:
 def test_compose_services_and_order() -> None:
     compose = load_compose()
     services = compose["services"]
-    assert set(services) == {*SERVICES, "nats", "postgres", "migrate"}
+    assert set(services) == {*SERVICES, "nats", "postgres", "migrate", "console"}
     migrate = services["migrate"]
     assert migrate["command"] == ["python", "-m", "libs.common.migrate"]
     assert migrate["restart"] == "no"

@@ -66,12 +66,18 @@ def up(
         console.print(f"NATS: {stack.nats_url}   data: {settings.data_dir.resolve()}")
         base = f"http://{settings.http_host}:{settings.http_port}"
         console.print(f"API: {base}  (OpenAPI: {base}/docs, health: {base}/healthz)")
+        has_console = any(s.name == "console" for s in stack.host.services)
+        if has_console:
+            after = " (sign in with the link after the token)" if demo else ""
+            console.print(f"Admin console: {base}/console/{after}")
         if demo:
             assert stack.host.runtime.issuer is not None
             token = stack.host.runtime.issuer.issue(embedded.DEMO_TENANT, "admin", "admin")
             (settings.data_dir / "demo-token").write_text(token)
             console.print(f"Demo tenant '{embedded.DEMO_TENANT}', admin token:")
             print(token, flush=True)
+            if has_console:  # stdout, like the token: never in the logs (stderr)
+                print(f"{base}/console/signin#token={token}", flush=True)
         serve(fastapi_app, settings)
     finally:
         if stack.nats is not None:

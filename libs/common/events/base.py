@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-_TYPE = re.compile(r"^mailroom\.(?P<service>[a-z]+)\.(?P<name>[A-Za-z]+)\.v(?P<version>[0-9]+)$")
+_TYPE = re.compile(r"^mailroom\.(?P<service>[a-z]+)\.(?P<name>[A-Za-z]+)\.v(?P<version>[0-9]+)\Z")
 
 
 class Event(BaseModel):

@@ -186,3 +186,34 @@ class OrgMailSettingsChanged(_Org):
     event_name: ClassVar[str] = "OrgMailSettingsChanged"
     changed: list[str]
     settings: OrgMailSettings
+
+
+# --- signatures (issue 8): sanitised HTML and its derived plain text; not secrets ----------
+@register
+class SignatureSet(_Account):
+    """A mailbox signature was set: ``name`` is ``default`` or a named alternate."""
+
+    event_name: ClassVar[str] = "SignatureSet"
+    name: str
+    html: str
+    text: str
+
+
+@register
+class SignatureRemoved(_Account):
+    event_name: ClassVar[str] = "SignatureRemoved"
+    name: str
+
+
+@register
+class PersonalSignatureSet(_Employee):
+    """An employee's own signature, added above the mailbox signature when they send."""
+
+    event_name: ClassVar[str] = "PersonalSignatureSet"
+    html: str
+    text: str
+
+
+@register
+class PersonalSignatureRemoved(_Employee):
+    event_name: ClassVar[str] = "PersonalSignatureRemoved"

@@ -43,3 +43,27 @@ class SendFailed(_Send):
     attempts: int = 0
     retry_at: str | None = None
     """When a transient failure is tried again, or when the daily limit frees a slot."""
+
+
+@register
+class AutoreplySet(_Send):
+    """The mailbox's autoresponder (RFC 3834) was set or changed: it answers new mail seen by
+    sync in its window, once per correspondent per ``interval_days``."""
+
+    event_name: ClassVar[str] = "AutoreplySet"
+    text: str
+    html: str | None = None
+    subject: str | None = None
+    """None: ``Auto: `` and the original subject."""
+    starts_at: str | None = None
+    ends_at: str | None = None
+    interval_days: int = 7
+    source: Literal["api", "offboarding"] = "api"
+    employee_id: str | None = None
+    """``offboarding``: the leaver whose offboarding set it (reinstating clears it)."""
+
+
+@register
+class AutoreplyCleared(_Send):
+    event_name: ClassVar[str] = "AutoreplyCleared"
+    reason: Literal["api", "reinstated"] = "api"

@@ -13,6 +13,7 @@ After changing a service's tables, add a revision and check it by hand::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import MetaData, inspect, text
 from sqlalchemy.engine import Connection
 
 log = logging.getLogger("mailroom.migrations")
@@ -84,8 +85,14 @@ def _upgrade(conn: Connection, service: str, metadata: MetaData, revision: str) 
 
 
 async def upgrade(engine: Any, service: str, metadata: MetaData, revision: str = "head") -> None:
-    """Bring one service database to ``revision`` (an AsyncEngine; one transaction)."""
+    """Bring one service database to ``revision`` (an AsyncEngine; one transaction).
+
+    On PostgreSQL, replicas that start together (and the migration Job) take a transaction-level
+    advisory lock named after the service first: one migrates, the others then find it done."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(f"mailroom:{service}".encode()).digest()[:8], "big")
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key - (1 << 63)})
         await conn.run_sync(_upgrade, service, metadata, revision)
 
 

@@ -12,12 +12,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from libs.common.events.envelope import Envelope
+from libs.common.store import inline_sqlite
 from libs.common.store.eventstore import ConcurrencyError, EventStore
 from libs.common.store.tables import StoreTables, store_tables
 from libs.common.telemetry import span
@@ -29,14 +30,18 @@ class Projector(Protocol):
     async def apply(self, conn: AsyncConnection, events: Sequence[Envelope]) -> None: ...
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, *, inline: bool = False) -> AsyncEngine:
     if url.startswith("sqlite"):
         # Connections end every transaction themselves (commit, or rollback on close), so the
         # pool's extra rollback on return is only one more thread hop in aiosqlite.
+        extra: dict[str, Any] = {}
+        if inline and ":memory:" not in url:
+            extra["async_creator"] = inline_sqlite.creator(make_url(url).database or "")
         engine = create_async_engine(
             url,
             poolclass=NullPool if ":memory:" in url else None,
             pool_reset_on_return=None,
+            **extra,
         )
         _sqlite_pragmas(engine.sync_engine)
         return engine
@@ -125,6 +130,10 @@ class Database:
         self.store = EventStore(self.tables)
         self.projector = projector
         self.engine = make_engine(url)
+        # SQLite writes run on the loop's thread (store/inline_sqlite.py); reads, which may scan
+        # much, keep aiosqlite's worker thread. PostgreSQL has one (truly async) engine.
+        inline = url.startswith("sqlite") and ":memory:" not in url
+        self._write_engine = make_engine(url, inline=True) if inline else self.engine
         self._on_commit: list[Callable[[], None]] = []
         # SQLite has one writer at a time; queueing writers here is far cheaper than letting
         # them spin in SQLite's busy handler (which sleeps in steps of up to 100 ms).
@@ -159,7 +168,7 @@ class Database:
 
     @asynccontextmanager
     async def _write_conn(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        async with self._write_engine.connect() as conn:
             conn = await conn.execution_options(**{WRITE_OPTION: True})
             async with conn.begin():
                 yield conn
@@ -259,3 +268,5 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._write_engine is not self.engine:
+            await self._write_engine.dispose()

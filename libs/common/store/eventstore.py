@@ -6,11 +6,12 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.envelope import Envelope
+from libs.common.store.fastinsert import insert_rows
 from libs.common.store.tables import StoreTables
 
 
@@ -132,7 +133,7 @@ class EventStore:
                 }
             )
         try:
-            await conn.execute(insert(self.t.events), event_rows)
+            await insert_rows(conn, self.t.events, event_rows)
         except IntegrityError as exc:
             raise ConcurrencyError(events[0].aggregate_id, expected, None) from exc
-        await conn.execute(insert(self.t.outbox), outbox_rows)
+        await insert_rows(conn, self.t.outbox, outbox_rows)

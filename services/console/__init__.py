@@ -1,0 +1,1 @@
+"""The admin console: server-rendered pages over the other services' public APIs."""

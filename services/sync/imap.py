@@ -117,6 +117,12 @@ class ImapSession:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise classify(exc) from None
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Python 3.11's wait_for returns the result when the login finished just as we
+            # were cancelled (the cancellation is swallowed): never keep that session.
+            s.abort()
+            raise asyncio.CancelledError
         return s
 
     async def _open(self, cred: Credential, ctx: ssl.SSLContext) -> None:
@@ -175,12 +181,13 @@ class ImapSession:
             self.client.protocol.transport.close()
 
     async def close(self) -> None:
-        if self.alive and not self.client.has_pending_idle():
-            try:
+        try:
+            if self.alive and not self.client.has_pending_idle():
                 await asyncio.wait_for(self.client.logout(), 1.0)
-            except Exception as exc:  # closing anyway
-                log.debug("logout failed: %s", exc)
-        self.abort()
+        except Exception as exc:  # closing anyway
+            log.debug("logout failed: %s", exc)
+        finally:  # also when cancelled during LOGOUT: the socket never outlives the session
+            self.abort()
 
     # --- commands ---------------------------------------------------------------------------
     async def _run(self, coro: Awaitable[T]) -> T:
@@ -193,6 +200,9 @@ class ImapSession:
             done, _ = await asyncio.wait(
                 {task, lost}, timeout=self.timeout + 5, return_when=asyncio.FIRST_COMPLETED
             )
+        except BaseException:  # cancelled: the command does not run on without us
+            task.cancel()
+            raise
         finally:
             lost.cancel()
         if task not in done:

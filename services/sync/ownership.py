@@ -316,8 +316,14 @@ class Ownership:
         with contextlib.suppress(Exception):  # gone or taken already: nothing to give back
             await self._accounts_kv.delete(kv_key(key), last=revision)
 
+    def view_ready(self) -> bool:
+        """Both watches run and delivered what the buckets held (not mid-reload)."""
+        return len(self._ready) == 2 and all(r.is_set() for r in self._ready)
+
     async def reassert(self) -> None:
         """Keys we hold that the bucket lost (a restarted nats-server): write them again."""
+        if not self.view_ready():  # a view being reloaded is not a lost bucket
+            return
         for key in [k for k in self.owned if k not in self.accounts]:
             try:
                 revision = await self._accounts_kv.update(

@@ -92,12 +92,20 @@ class Pop3Session:
             return conn
 
         loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(executor, connect)
         try:
-            conn = await asyncio.wait_for(loop.run_in_executor(executor, connect), connect_timeout)
-        except SyncError:
-            raise
-        except Exception as exc:
+            conn = await asyncio.wait_for(asyncio.shield(fut), connect_timeout)
+        except BaseException as exc:
+            fut.add_done_callback(_close_late)  # the thread may still log in: never keep it
+            if isinstance(exc, SyncError | asyncio.CancelledError):
+                raise
+            if not isinstance(exc, Exception):
+                raise
             raise _error(exc) from None
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # 3.11 wait_for swallowed a cancellation
+            conn.close()
+            raise asyncio.CancelledError
         return cls(conn, executor, timeout)
 
     async def listing(self) -> Listing:
@@ -146,3 +154,9 @@ class Pop3Session:
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # already gone
             self.conn.close()
+
+
+def _close_late(fut: asyncio.Future[poplib.POP3]) -> None:
+    """A login that finished after its caller gave up: close it."""
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()

@@ -304,6 +304,8 @@ class SyncEngine:
                     await o.release(key)
                 else:
                     self._reconcile(account)
+            for key in [k for k in self.watchers if k not in o.owned]:
+                await self._unwatch(key)  # a lease dropped elsewhere (reassert): never watch it
             target = o.target(len(accounts))
             if len(o.owned) > target:
                 excess = sorted(o.owned, key=o.rank)[target:]

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,15 @@ import nats
 import pytest
 
 from libs.common.events import Envelope
+from libs.common.events.registry import AccountSettings, Server
 from libs.common.natsserver import NatsServer
 from libs.common.store.database import Database
 from services.sync import tables
+from services.sync.models import Account
 from services.sync.ownership import Ownership
 from services.sync.scheduler import SyncEngine
 from services.sync.settings import SyncSettings
+from services.sync.watcher import AccountWatcher
 from tests.integration.test_sync_support import FAST, raw_mail
 from tests.support.dovecot import Dovecot
 from tests.support.registry import stop
@@ -123,7 +127,13 @@ async def test_workers_share_accounts_and_take_over_a_killed_one(
                 if not odd:
                     return
                 if time.monotonic() > deadline:
-                    pytest.fail(f"IMAP connections per user: {odd}")
+                    who = dovecot.doveadm("who", "-1")
+                    held_now = await owners(js)
+                    mine = {u: a for a, u in accounts.items() if u in odd}
+                    pytest.fail(
+                        f"IMAP connections per user: {odd}; owners "
+                        f"{ {u: held_now.get(a) for u, a in mine.items()} }\n{who}"
+                    )
                 await asyncio.sleep(0.2)
 
         await wait_until(lambda: held_by({"w1": ACCOUNTS}), timeout=60, interval=0.2)
@@ -221,6 +231,55 @@ async def test_a_cluster_wide_login_cap_is_shared_by_the_live_workers(
         await engine.ownership.close()
         await db.dispose()
         await nc.close()
+
+
+async def test_a_view_reload_keeps_the_leases_and_no_watcher_outlives_its_lease(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """A failed heartbeat stops the KV watches; while they reload, ``reassert`` must not take
+    the empty view for a lost bucket (it used to drop the leases and leave their watchers
+    running). And a watcher whose lease is gone, however, is stopped at the next rebalance."""
+    settings = SyncSettings(lease_ttl_s=TTL, lease_renew_s=0.5, ownership="kv")
+    nc = await nats.connect(nats_server.url)
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'sync.db'}", tables.metadata)
+    await db.create_all()
+    engine = SyncEngine(db, settings)
+    o = engine.ownership = Ownership(nc.jetstream(), settings, "a")
+    try:
+        await o.open()
+        key = ("t1", "acct-1")
+        assert await o.claim(key)
+        await o._stop_watches()  # what a failed heartbeat does
+        await o.reassert()
+        assert key in o.owned  # still ours: nothing was written, nothing dropped
+        assert await o.heartbeat()  # watches again
+        await o.reassert()
+        assert key in o.owned
+
+        stray = AccountWatcher(engine, _account("t1", "acct-2"))
+        engine.watchers[stray.key] = stray  # a watcher without a lease
+        engine.running = True
+        await engine.rebalance()
+        assert stray.key not in engine.watchers
+        assert key not in o.owned  # no such account in the sync database: given back
+    finally:
+        await o.close()
+        await db.dispose()
+        await nc.close()
+
+
+def _account(tenant: str, account: str) -> Account:
+    incoming = Server(protocol="imap", host="127.0.0.1", port=1, security="ssl")
+    return Account(
+        tenant,
+        account,
+        "a@corp.example",
+        "imap",
+        AccountSettings(incoming=incoming),
+        True,
+        1,
+        datetime.now(UTC),
+    )
 
 
 async def _async(value: bool) -> bool:

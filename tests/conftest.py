@@ -1,5 +1,15 @@
 """Shared fixtures; the real-server ones live in tests/support."""
 
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import sys
+from types import FrameType
+
+from libs.common.host import task_chain
+
 pytest_plugins = [
     "tests.support.tlsca",
     "tests.support.infra",
@@ -8,3 +18,14 @@ pytest_plugins = [
     "tests.support.dovecot",
     "tests.support.smtpd",
 ]
+
+
+def _dump_tasks(signum: int, frame: FrameType | None) -> None:
+    """``kill -USR1 <pytest pid>``: every pending asyncio task and the chain of coroutines it
+    awaits, on stderr (a hung teardown shows what it waits for; py-spy sees only the loop)."""
+    tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+    text = "\n".join(task_chain(t) for t in tasks)
+    print(f"\n=== {len(tasks)} pending asyncio task(s)\n{text}", file=sys.stderr, flush=True)
+
+
+signal.signal(signal.SIGUSR1, _dump_tasks)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import inspect
@@ -26,6 +27,41 @@ from libs.common.service import Runtime, Service
 from libs.common.settings import Settings
 
 log = logging.getLogger("mailroom.host")
+
+
+STOP_STEP_S = 20.0
+
+
+async def _bounded(step: Any, what: str) -> None:
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=STOP_STEP_S)
+    if task in done:
+        task.result()
+        return
+    me = asyncio.current_task()
+    stacks = "\n".join(task_chain(t) for t in asyncio.all_tasks() if t is not me)
+    log.error(
+        "stopping %s took over %.0f s; cancelled. Pending tasks:\n%s", what, STOP_STEP_S, stacks
+    )
+    task.cancel()
+    await asyncio.wait({task}, timeout=5.0)
+
+
+def task_chain(task: asyncio.Task[Any]) -> str:
+    """A task and the whole chain of coroutines it awaits, innermost last (``Task.print_stack``
+    shows only the outermost frame of a suspended task)."""
+    lines = [f"--- {task.get_name()}"]
+    coro: Any = task.get_coro()
+    for _ in range(40):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        lines.append(f"  {code.co_filename}:{frame.f_lineno} {code.co_qualname}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    if coro is not None:
+        lines.append(f"  awaits {coro!r:.200}")
+    return "\n".join(lines)
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -89,14 +125,16 @@ class Host:
         self.started = True
 
     async def stop(self) -> None:
+        """Stop the broker, then each service, each step bounded (``STOP_STEP_S``): a step
+        that hangs is logged with what every pending task awaits, and the shutdown goes on."""
         self.started = False
         if self.broker is not None:
-            await self.broker.stop()
+            await _bounded(self.broker.stop(), "the NATS broker")
         for svc in reversed(self.services):
-            await svc.stop()
+            await _bounded(svc.stop(), f"the {svc.name} service")
         if self.runtime.nc is not None:
             with contextlib.suppress(Exception):
-                await self.runtime.nc.close()
+                await _bounded(self.runtime.nc.close(), "the NATS connection")
 
     def service(self, name: str) -> Service:
         for s in self.services:

@@ -13,14 +13,14 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from libs.common.errors import MailroomError
 from libs.common.http import ERRORS
 from libs.common.service import Caller
 from libs.common.store.database import Database
 from services.audit import domain
 from services.audit.access import MAILBOX_AGGREGATES, AuditAccess
+from services.audit.cursor import Order, decode, read_page
 from services.audit.repository import AuditQuery, AuditRepository
 
 
@@ -34,7 +34,12 @@ class AuditEntry(BaseModel):
 
 class AuditPage(BaseModel):
     items: list[AuditEntry]
-    next_cursor: str | None
+    next_cursor: str | None = Field(
+        description="the next page in the requested order (None: nothing more)"
+    )
+    prev_cursor: str | None = Field(
+        None, description="the page before this one, in the same order (None: the first page)"
+    )
 
 
 class VerifyResult(BaseModel):
@@ -56,18 +61,6 @@ def _entry(e: domain.StoredEntry) -> AuditEntry:
     )
 
 
-def _cursor(value: str | None) -> int:
-    if not value:
-        return 0
-    try:
-        position = int(value)
-    except ValueError:
-        raise MailroomError("cursor must come from next_cursor", code="invalid_cursor") from None
-    if position < 0:
-        raise MailroomError("cursor must come from next_cursor", code="invalid_cursor")
-    return position
-
-
 def build_router(db: Database, access: AuditAccess | None = None) -> APIRouter:
     access = access or AuditAccess()
     r = APIRouter(prefix="/v1/audit", tags=["audit"], responses=ERRORS)  # type: ignore[arg-type]
@@ -82,12 +75,15 @@ def build_router(db: Database, access: AuditAccess | None = None) -> APIRouter:
         correlation_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        cursor: str | None = None,
+        order: Order = Query("asc", description="asc: chain order; desc: newest first"),
+        cursor: str | None = Query(None, description="next_cursor or prev_cursor of a page"),
         limit: int = Query(100, ge=1, le=1000),
     ) -> AuditPage:
-        """Entries by filter. A tenant admin queries the whole trail; anyone else must name a
-        mailbox (``aggregate_id``) they may read, and gets that mailbox's entries only."""
+        """Entries by filter, in chain order or newest first (``order=desc``), paged by an
+        opaque cursor both ways. A tenant admin queries the whole trail; anyone else must name
+        a mailbox (``aggregate_id``) they may read, and gets that mailbox's entries only."""
         await access.require_mailbox_read(caller, aggregate_id)
+        at = decode(cursor)
         types: tuple[str, ...] | None = None
         if not caller.is_admin:
             types = MAILBOX_AGGREGATES
@@ -95,9 +91,19 @@ def build_router(db: Database, access: AuditAccess | None = None) -> APIRouter:
             aggregate_id, aggregate_type, type, actor, correlation_id, since, until, types
         )
         async with db.read() as conn:
-            rows = await AuditRepository(conn, caller.tenant_id).page(q, _cursor(cursor), limit)
-        nxt = str(rows[-1].position) if len(rows) == limit else None
-        return AuditPage(items=[_entry(e) for e in rows], next_cursor=nxt)
+            repo = AuditRepository(conn, caller.tenant_id)
+
+            async def fetch(
+                n: int, after: int | None, before: int | None, newest_first: bool
+            ) -> list[domain.StoredEntry]:
+                return await repo.page(q, n, after=after, before=before, newest_first=newest_first)
+
+            page = await read_page(fetch, order, at, limit)
+        return AuditPage(
+            items=[_entry(e) for e in page.items],
+            next_cursor=page.next_cursor,
+            prev_cursor=page.prev_cursor,
+        )
 
     @r.get("/verify", response_model=VerifyResult)
     async def verify(caller: Caller) -> VerifyResult:
@@ -131,7 +137,9 @@ def build_router(db: Database, access: AuditAccess | None = None) -> APIRouter:
         """The tenant's event envelopes after a position, as JSON Lines (for rebuilds)."""
         caller.require_admin()
         async with db.read() as conn:
-            rows = await AuditRepository(conn, caller.tenant_id).page(AuditQuery(), after, limit)
+            rows = await AuditRepository(conn, caller.tenant_id).page(
+                AuditQuery(), limit, after=after
+            )
         body = b"".join(
             json.dumps({"position": e.position, "event": json.loads(e.canonical)}).encode() + b"\n"
             for e in rows

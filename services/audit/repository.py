@@ -42,8 +42,22 @@ class AuditRepository:
             entries.c.chain_hash,
         ).where(entries.c.tenant_id == self.tenant_id)
 
-    async def page(self, q: AuditQuery, after: int, limit: int) -> list[domain.StoredEntry]:
-        stmt = self._scoped().where(entries.c.position > after)
+    async def page(
+        self,
+        q: AuditQuery,
+        limit: int,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        newest_first: bool = False,
+    ) -> list[domain.StoredEntry]:
+        """Up to ``limit`` entries matching ``q`` between the positions (exclusive), in chain
+        order or newest first (indexes: tenant and position; tenant, aggregate and position)."""
+        stmt = self._scoped()
+        if after is not None:
+            stmt = stmt.where(entries.c.position > after)
+        if before is not None:
+            stmt = stmt.where(entries.c.position < before)
         for col, value in (
             (entries.c.aggregate_id, q.aggregate_id),
             (entries.c.aggregate_type, q.aggregate_type),
@@ -64,7 +78,8 @@ class AuditRepository:
             stmt = stmt.where(entries.c.time >= q.since)
         if q.until is not None:
             stmt = stmt.where(entries.c.time < q.until)
-        rows = await self.conn.execute(stmt.order_by(entries.c.position).limit(limit))
+        order = entries.c.position.desc() if newest_first else entries.c.position.asc()
+        rows = await self.conn.execute(stmt.order_by(order).limit(limit))
         return [_stored(r) for r in rows]
 
     async def chain(self, batch: int = 5000) -> AsyncIterator[domain.StoredEntry]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Column,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -34,6 +35,9 @@ entries = Table(
     Column("entry_hash", LargeBinary(32), nullable=False),
     Column("chain_hash", LargeBinary(32), nullable=False),
     UniqueConstraint("tenant_id", "tenant_seq", name="uq_audit_tenant_seq"),
+    # pages of one tenant's trail, either order; and of one mailbox's (audit_0002)
+    Index("ix_audit_entries_tenant_position", "tenant_id", "position"),
+    Index("ix_audit_entries_tenant_aggregate", "tenant_id", "aggregate_id", "position"),
 )
 
 heads = Table(

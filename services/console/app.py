@@ -33,6 +33,8 @@ STATIC_TYPES = {
     "htmx.min.js": "text/javascript; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "signature-editor.js": "text/javascript; charset=utf-8",
+    "signature-editor.css": "text/css; charset=utf-8",
 }
 
 

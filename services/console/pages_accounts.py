@@ -40,11 +40,11 @@ async def self_service(api: Api) -> bool:
 
 
 async def audit_tail(api: Api, aggregate_id: str, n: int = 50) -> list[dict[str, Any]] | None:
-    """The newest ``n`` audit entries of one aggregate (the API pages oldest first)."""
-    items = await api.maybe(
-        api.all_pages("audit", "/v1/audit/events", limit=500, most=10, aggregate_id=aggregate_id)
+    """The newest ``n`` audit entries of one aggregate: one page, newest first."""
+    page = await api.maybe(
+        api.get("audit", "/v1/audit/events", limit=n, order="desc", aggregate_id=aggregate_id)
     )
-    return None if items is None else list(reversed(items[-n:]))
+    return None if page is None else list(page["items"])
 
 
 def build_accounts_router(console: Console) -> APIRouter:

@@ -1,11 +1,13 @@
-"""The audit log (filters, chain verification) and the sync dashboard (counts per state,
-mailboxes failing longest first, a chart of sync failures over time)."""
+"""The audit log (newest first, paged with the audit API's cursor, filters, chain verification)
+and the sync dashboard (counts per state, mailboxes failing longest first, a chart of sync
+failures over time)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, time, timedelta
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -17,7 +19,6 @@ from services.console.pages_people import admin_only
 from services.console.web import Console, route_class
 
 PER_PAGE = 100
-MOST_ENTRIES = 5000
 FAILING = ("offline", "auth_failed", "tls_error")
 
 
@@ -32,6 +33,16 @@ def day_bound(value: str, *, end: bool) -> str | None:
     return moment.isoformat()
 
 
+def page_link(filters: dict[str, str], cursor: str | None) -> str | None:
+    """The audit page with the same filters at ``cursor`` ("": the newest; None: no link)."""
+    if cursor is None:
+        return None
+    query = {k: v for k, v in filters.items() if v}
+    if cursor:
+        query["cursor"] = cursor
+    return "/console/audit" + (f"?{urlencode(query)}" if query else "")
+
+
 def build_audit_router(console: Console) -> APIRouter:
     r = APIRouter(prefix="/console", include_in_schema=False, route_class=route_class(console))
 
@@ -43,43 +54,51 @@ def build_audit_router(console: Console) -> APIRouter:
         type: Annotated[str, Query(max_length=100)] = "",
         since: Annotated[str, Query(max_length=10)] = "",
         until: Annotated[str, Query(max_length=10)] = "",
-        page: Annotated[int, Query(ge=1, le=1000)] = 1,
+        cursor: Annotated[str, Query(max_length=100)] = "",
     ) -> Response:
+        """One page of the trail, newest first; Newer/Older carry the API's cursor."""
         session = console.session(request)
         admin_only(session)
         api = session.api
         names = CATALOGUE.names()
-        filters = {
-            "aggregate_id": mailbox.strip(),
+        f = {
+            "mailbox": mailbox.strip(),
             "actor": actor.strip(),
             "type": type if type in names else "",
-            "since": day_bound(since, end=False),
-            "until": day_bound(until, end=True),
+            "since": since,
+            "until": until,
         }
-        entries, verdict, accounts, people = await asyncio.gather(
-            api.all_pages(
-                "audit", "/v1/audit/events", limit=1000, most=MOST_ENTRIES // 1000, **filters
+        start, end = day_bound(since, end=False), day_bound(until, end=True)
+        page, verdict, accounts, people = await asyncio.gather(
+            api.get(
+                "audit",
+                "/v1/audit/events",
+                order="desc",
+                limit=PER_PAGE,
+                cursor=cursor,
+                aggregate_id=f["mailbox"],
+                actor=f["actor"],
+                type=f["type"],
+                since=start,
+                until=end,
             ),
             api.get("audit", "/v1/audit/verify"),
             api.all_pages("registry", "/v1/accounts", limit=500, most=2),
             library.directory(api),
         )
-        newest = list(reversed(entries))
-        shown = newest[(page - 1) * PER_PAGE : page * PER_PAGE]
         return console.page(
             request,
             session,
             "audit.html",
-            entries=shown,
-            total=len(entries),
-            capped=len(entries) >= MOST_ENTRIES,
-            page=page,
-            more=len(newest) > page * PER_PAGE,
+            entries=page["items"],
+            newer=page_link(f, page.get("prev_cursor")),
+            older=page_link(f, page.get("next_cursor")),
+            newest=page_link(f, "") if cursor and page.get("prev_cursor") else None,
             verdict=verdict,
             names=names,
             accounts=sorted(accounts, key=lambda a: a["address"]),
             people=sorted(people.values(), key=lambda p: p["name"].lower()),
-            f={"mailbox": mailbox, "actor": actor, "type": type, "since": since, "until": until},
+            f=f,
             addresses={a["id"]: a["address"] for a in accounts},
         )
 

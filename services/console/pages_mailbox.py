@@ -1,6 +1,8 @@
 """A mailbox's actions: settings, credential, sync now, connection test, disable/reactivate,
-signatures, and who has which level. Each is a form POST (CSRF-checked) that calls one API
-and goes back to the mailbox's page; the backend decides whether the user may."""
+signatures (save, remove, make default, preview), and who has which level. Each is a form POST
+(CSRF-checked) that calls the APIs and goes back to the mailbox's page; the backend decides
+whether the user may. The signature preview answers the editor's live preview (htmx) with the
+registry's rendering, or without script a page of its own."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from services.console.session import check_csrf
 from services.console.web import Console, form_int, form_str, is_htmx, redirect, route_class
 
 _SIG_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}\Z")
+SIG_MAX = 20_000  # characters of HTML a console form takes (the textarea's maxlength)
 _GRANTEE = re.compile(r"^(employee|department):(.{1,128})\Z")
 LEVELS = ("read", "write", "send", "configure")
 
@@ -115,7 +118,7 @@ def build_mailbox_router(console: Console) -> APIRouter:
     async def set_signature(request: Request, mailbox_id: str) -> Response:
         session, form = await begin(request, mailbox_id)
         name = form_str(form, "name", max_length=64) or "default"
-        html = form_str(form, "html", max_length=20_000)
+        html = form_str(form, "html", max_length=SIG_MAX)
         if not _SIG_NAME.match(name):
             raise ApiError(422, "invalid_name", "a signature name is letters, digits, . _ or -")
         if not html:
@@ -123,6 +126,52 @@ def build_mailbox_router(console: Console) -> APIRouter:
         await session.api.put(
             "registry", f"/v1/accounts/{mailbox_id}/signatures/{name}", {"html": html}
         )
+        return back(mailbox_id, "signature", "signatures")
+
+    @r.post("/signatures/preview")
+    async def preview_signature(request: Request, mailbox_id: str) -> Response:
+        """The draft as the registry would store it and a send would fill it; a draft it
+        refuses (unknown placeholder, nothing left once cleaned, too long) shows why, in place."""
+        session, form = await begin(request, mailbox_id)
+        name = form_str(form, "name", max_length=64) or "default"
+        preview: dict[str, Any] | None = None
+        problem = ""
+        try:
+            html = form_str(form, "html", max_length=SIG_MAX)
+            if html:
+                preview = await session.api.post(
+                    "registry", f"/v1/accounts/{mailbox_id}/signatures/preview", {"html": html}
+                )
+        except ApiError as exc:
+            if exc.status != 422:
+                raise
+            html, problem = "", exc.message
+        unfilled = bool(preview) and any(
+            p.startswith("employee.") for p in (preview or {}).get("placeholders", [])
+        )
+        return console.page(
+            request,
+            session,
+            "_signature_preview.html" if is_htmx(request) else "signature_preview.html",
+            preview=preview,
+            problem=problem,
+            unfilled_employee=unfilled,
+            mailbox_id=mailbox_id,
+            name=name,
+            html=html,
+        )
+
+    @r.post("/signatures/make-default")
+    async def make_default(request: Request, mailbox_id: str) -> Response:
+        """An alternate becomes the default: its HTML is copied into ``default`` (one
+        SignatureSet; the alternate stays)."""
+        session, form = await begin(request, mailbox_id)
+        name = form_str(form, "name", max_length=64)
+        if not _SIG_NAME.match(name) or name == "default":
+            raise ApiError(422, "invalid_name", "choose an alternate signature")
+        base = f"/v1/accounts/{mailbox_id}/signatures"
+        alternate = await session.api.get("registry", f"{base}/{name}")
+        await session.api.put("registry", f"{base}/default", {"html": alternate["html"]})
         return back(mailbox_id, "signature", "signatures")
 
     @r.post("/signatures/remove")

@@ -1,7 +1,9 @@
 """People: the directory, each person's mailboxes and levels, and the Offboard wizard.
 
-The wizard shows what the registry's one-step offboarding will do — the mailboxes they own and
-who gets them, the access authz will revoke, the automatic reply — before it asks to confirm.
+The wizard shows what the registry's one-step offboarding will do — its own dry run: the
+mailboxes handed over and to whom, the automatic reply, the events it will record — with the
+access authz will revoke, before it asks to confirm; the confirm sends the reviewed plan's
+digest, so the registry refuses (and the wizard shows the new plan) if it would now do more.
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ async def person_view(api: Api, employee_id: str) -> dict[str, Any]:
         "addresses": addresses,
         "access_known": access is not None,
     }
+
+
+def offboard_body(successor_id: str, autoreply: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """The registry's offboarding request: the review sends it as a dry run, the confirm for
+    real (with the reviewed plan's digest, so a plan that changed since is refused)."""
+    body: dict[str, Any] = {"successor_id": successor_id or None, "autoreply": autoreply or None}
+    if dry_run:
+        body["dry_run"] = True
+    return body
 
 
 def build_people_router(console: Console) -> APIRouter:
@@ -122,6 +133,7 @@ def build_people_router(console: Console) -> APIRouter:
         step: str,
         successor_id: str = "",
         autoreply: str = "",
+        plan_changed: bool = False,
     ) -> Response:
         api = session.api
         view, active = await asyncio.gather(
@@ -136,14 +148,25 @@ def build_people_router(console: Console) -> APIRouter:
         successor = next((p for p in successors if p["id"] == successor_id), None)
         if successor_id and successor is None:
             raise ApiError(422, "unknown_successor", "the successor must be an active person")
+        plan = None
+        if step == "review":  # the registry's own decision, nothing written: exactly the confirm
+            plan = await api.post(
+                "registry",
+                f"/v1/employees/{employee_id}/offboard",
+                offboard_body(successor_id, autoreply, dry_run=True),
+            )
         return console.page(
             request,
             session,
             "offboard.html",
+            status=409 if plan_changed else 200,
             step=step,
             successors=successors,
             successor=successor,
             autoreply=autoreply,
+            plan=plan,
+            plan_changed=plan_changed,
+            names={p["id"]: p["name"] for p in active},
             **view,
         )
 
@@ -172,11 +195,26 @@ def build_people_router(console: Console) -> APIRouter:
         form = await request.form()
         if form.get("confirm") != "yes":
             raise ApiError(422, "confirm_required", "review the plan and confirm it first")
-        body = {
-            "successor_id": form_str(form, "successor_id", max_length=64) or None,
-            "autoreply": form_str(form, "autoreply", max_length=4000) or None,
-        }
-        result = await session.api.post("registry", f"/v1/employees/{employee_id}/offboard", body)
+        successor_id = form_str(form, "successor_id", max_length=64)
+        autoreply = form_str(form, "autoreply", max_length=4000)
+        body = offboard_body(successor_id, autoreply)
+        body["expected_plan"] = form_str(form, "expected_plan", max_length=64) or None
+        try:
+            result = await session.api.post(
+                "registry", f"/v1/employees/{employee_id}/offboard", body
+            )
+        except ApiError as exc:
+            if exc.code != "plan_changed":
+                raise
+            return await wizard(
+                request,
+                session,
+                employee_id,
+                step="review",
+                successor_id=successor_id,
+                autoreply=autoreply,
+                plan_changed=True,
+            )
         person = await session.api.get("registry", f"/v1/employees/{employee_id}")
         successor = (
             await session.api.maybe(

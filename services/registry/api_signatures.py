@@ -3,6 +3,8 @@
 * ``GET /v1/accounts/{id}/signatures``: the mailbox's signatures (needs Read).
 * ``PUT|GET|DELETE /v1/accounts/{id}/signatures/{name}``: ``default`` or a named alternate
   (PUT and DELETE need Configure).
+* ``POST /v1/accounts/{id}/signatures/preview``: a draft sanitised as a save would, with its
+  placeholders filled as a send fills them (needs Configure; writes nothing).
 * ``PUT|GET|DELETE /v1/employees/{id}/signature``: the employee's own signature (the
   employee themself or a tenant admin).
 
@@ -25,7 +27,7 @@ from libs.common.http import ERRORS
 from libs.common.service import Caller
 from libs.common.store.database import Database
 from services.registry import domain_signatures as sig
-from services.registry import signatures
+from services.registry import signature_preview, signatures
 from services.registry.api import context
 from services.registry.handlers_signatures import Outcome, SignatureHandlers
 from services.registry.permissions import Permissions
@@ -66,6 +68,31 @@ class SignatureList(BaseModel):
     placeholders: list[str] = Field(
         default_factory=lambda: sorted(signatures.PLACEHOLDERS),
         description="the placeholders a signature may use",
+    )
+
+
+class RemovedOut(BaseModel):
+    element: str = Field(description="the element's tag (``#comment`` for a comment)")
+    attribute: str | None = Field(
+        default=None, description="null: the element itself; else this attribute of it"
+    )
+    count: int
+
+
+class PreviewOut(BaseModel):
+    html: str = Field(description="sanitised as a save would store it, placeholders as written")
+    text: str = Field(description="the plain-text version, placeholders as written")
+    placeholders: list[str]
+    filled_html: str = Field(description="the HTML with placeholders filled (values escaped)")
+    filled_text: str = Field(description="the plain text with placeholders filled")
+    values: dict[str, str] = Field(description="the placeholder values used")
+    filled_for: str | None = Field(
+        description="the employee whose details fill ``{employee.*}``: the caller when an "
+        "employee (as when they send), else the mailbox's owner; null: none (left empty)"
+    )
+    removed: list[RemovedOut] | None = Field(
+        description="what the sanitiser took out of the draft; null if the draft was too "
+        "malformed to take stock of"
     )
 
 
@@ -127,6 +154,37 @@ def build_signature_router(h: SignatureHandlers, perms: Permissions, db: Databas
             await known_account(caller.tenant_id, account_id)
             raise NotFound(f"no signature {name!r} on account {account_id}", code="no_signature")
         return _out(rows[0])
+
+    @r.post("/accounts/{account_id}/signatures/preview", response_model=PreviewOut)
+    async def preview_signature(caller: Caller, account_id: Id, body: SignatureIn) -> PreviewOut:
+        """A draft as a save would store it (same checks: 422 ``unknown_placeholder``,
+        ``empty_signature``) and as a send from this mailbox fills it; writes nothing, emits no
+        event. Needs Configure, like saving."""
+        await perms.require(caller, account_id, "configure")
+        async with db.read() as conn:
+            repo = RegistryRepository(conn, caller.tenant_id)
+            account = await repo.account(account_id)
+            if account is None:
+                raise NotFound(f"no account {account_id}")
+            person_id = caller.subject if caller.role == "employee" else account.owner_id
+            person = await repo.employee(person_id) if person_id else None
+        values = signature_preview.values_for(account, person)
+        p = signature_preview.preview(body.html, values)
+        return PreviewOut(
+            html=p.html,
+            text=p.text,
+            placeholders=p.placeholders,
+            filled_html=p.filled_html,
+            filled_text=p.filled_text,
+            values=values,
+            filled_for=person.id if person is not None else None,
+            removed=None
+            if p.removed is None
+            else [
+                RemovedOut(element=x.element, attribute=x.attribute, count=x.count)
+                for x in p.removed
+            ],
+        )
 
     @r.put("/accounts/{account_id}/signatures/{name}", response_model=SignatureChange)
     async def set_signature(

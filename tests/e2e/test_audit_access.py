@@ -73,6 +73,19 @@ async def test_read_on_a_mailbox_reads_its_entries_and_nothing_else(stack: Stack
     assert r.status_code == 200 and r.json()["items"] == []
     r = await _events(stack, owner, aggregate_id=box2)  # the owner holds configure
     assert r.status_code == 200 and r.json()["items"]
+    # Newest first, paged with the cursor both ways: the same rules, the same entries.
+    r = await _events(stack, reader, aggregate_id=box, order="desc", limit=1)
+    assert r.status_code == 200 and r.json()["items"] == admin_view[-1:]
+    older = await _events(
+        stack, reader, aggregate_id=box, order="desc", cursor=r.json()["next_cursor"]
+    )
+    assert older.json()["items"] == list(reversed(admin_view[:-1]))
+    back = await _events(
+        stack, reader, aggregate_id=box, order="desc", limit=1, cursor=older.json()["prev_cursor"]
+    )
+    assert back.json()["items"] == admin_view[-1:] and back.json()["prev_cursor"] is None
+    r = await _events(stack, reader, order="desc")
+    assert (r.status_code, _code(r)) == (403, "mailbox_required")
 
     # No mailbox named, no read on it, or not a mailbox: refused with a clear code.
     r = await _events(stack, reader)

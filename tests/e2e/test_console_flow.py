@@ -132,6 +132,9 @@ def test_admin_flow(
     text = plan.inner_text()
     assert address in text and "handed over to Sam Successor" in text
     assert "Lee has left; write to Sam." in text
+    recorded = plan.locator("details").text_content() or ""  # the registry's dry run
+    assert "EmployeeOffboarded on Lee Leaver" in recorded
+    assert f"MailboxHandedOver on {address}" in recorded
     shot(page, "06-offboard-review")
     page.get_by_role("button", name="Offboard Lee Leaver").click()
     page.get_by_role("heading", name="Lee Leaver is offboarded").wait_for()

@@ -102,4 +102,4 @@ async def test_a_database_made_before_alembic_is_adopted(tmp_path: Path) -> None
             found = await conn.run_sync(migrations.diff, db.metadata)
     finally:
         await db.dispose()
-    assert version == [("audit_0001",)] and heads == 1 and found == []
+    assert version == [("audit_0002_page_indexes",)] and heads == 1 and found == []

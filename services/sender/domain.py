@@ -198,7 +198,7 @@ def public_status(state: str, attempts: int) -> PublicStatus:
 
 
 # --- what may go into a header ------------------------------------------------------------
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e") | frozenset(
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e") | frozenset(
     "\u2066\u2067\u2068\u2069"
 )
 _BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp", "Co", "Cn"})
@@ -209,7 +209,7 @@ def check_header_text(value: str, what: str) -> str:
     (CR, LF, NUL, TAB...), Unicode line/paragraph separators, surrogates, unassigned code
     points and bidirectional overrides. Everything else is encoded safely by the MIME layer."""
     for ch in value:
-        if ch in _BIDI_CONTROLS or unicodedata.category(ch) in _BAD_CATEGORIES:
+        if ch in BIDI_CONTROLS or unicodedata.category(ch) in _BAD_CATEGORIES:
             raise ValueError(f"{what} contains a forbidden character U+{ord(ch):04X}")
     return value
 

@@ -18,22 +18,6 @@ console_stack = support.console_stack  # the fixtures
 browser = support.browser
 
 
-def mailbox(stack: ConsoleStack, address: str, owner_id: str) -> str:
-    with stack.api() as api:
-        r = api.post(
-            "/v1/accounts",
-            json={
-                "address": address,
-                "protocol": "imap",
-                "incoming": {"host": "imap.acme.example", "port": 993, "security": "ssl"},
-                "outgoing": {"host": "smtp.acme.example", "port": 465, "security": "ssl"},
-                "owner_id": owner_id,
-            },
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["id"])
-
-
 def owner_of(stack: ConsoleStack, account_id: str) -> str | None:
     with stack.api() as api:
         owner = api.get(f"/v1/accounts/{account_id}").json()["owner_id"]
@@ -47,7 +31,7 @@ def test_the_plan_is_the_registry_dry_run_and_the_confirm_does_it(
     leaver = stack.employee("Olive Outgoing")
     stack.employee("Nina Next")
     successor = stack.employee("Nora Newcomer")
-    first = mailbox(stack, "olive@acme.example", leaver["id"])
+    first = stack.mailbox("olive@acme.example", leaver["id"])
     page = new_page(browser)
     sign_in(page, stack)
 
@@ -76,7 +60,7 @@ def test_the_plan_is_the_registry_dry_run_and_the_confirm_does_it(
 
     # A mailbox given to Olive while the plan is on screen: the confirm is refused and the
     # wizard shows the plan as it is now, with nothing done.
-    second = mailbox(stack, "olive.sales@acme.example", leaver["id"])
+    second = stack.mailbox("olive.sales@acme.example", leaver["id"])
     page.get_by_role("button", name="Offboard Olive Outgoing").click()
     page.get_by_text("The plan changed since you reviewed it").wait_for()
     text = page.locator(".plan").inner_text()

@@ -21,23 +21,6 @@ console_stack = support.console_stack  # the fixtures
 browser = support.browser
 
 
-def mailbox(stack: ConsoleStack, address: str, owner_id: str) -> str:
-    with stack.api() as api:
-        r = api.post(
-            "/v1/accounts",
-            json={
-                "address": address,
-                "display_name": "Acme Sales",
-                "protocol": "imap",
-                "incoming": {"host": "imap.acme.example", "port": 993, "security": "ssl"},
-                "outgoing": {"host": "smtp.acme.example", "port": 465, "security": "ssl"},
-                "owner_id": owner_id,
-            },
-        )
-        assert r.status_code == 201, r.text
-        return str(r.json()["id"])
-
-
 def stored(stack: ConsoleStack, mailbox_id: str, name: str = "default") -> dict[str, Any]:
     with stack.api() as api:
         r = api.get(f"/v1/accounts/{mailbox_id}/signatures/{name}")
@@ -54,7 +37,7 @@ def test_rich_text_editor_with_live_preview(console_stack: ConsoleStack, browser
 
     stack = console_stack
     owner = stack.employee("Ada Lovelace")
-    mailbox_id = mailbox(stack, "sales@acme.example", owner["id"])
+    mailbox_id = stack.mailbox("sales@acme.example", owner["id"], display_name="Acme Sales")
     page = new_page(browser)
     sign_in(page, stack)
     page.goto(f"{stack.base}/console/mailboxes/{mailbox_id}")
@@ -136,7 +119,7 @@ def test_rich_text_editor_with_live_preview(console_stack: ConsoleStack, browser
 def test_without_javascript_the_html_field_saves(console_stack: ConsoleStack, browser: Any) -> None:
     stack = console_stack
     owner = stack.employee("Nora Noscript")
-    mailbox_id = mailbox(stack, "plain@acme.example", owner["id"])
+    mailbox_id = stack.mailbox("plain@acme.example", owner["id"], display_name="Acme Sales")
     context = browser.new_context(java_script_enabled=False)
     context.set_default_timeout(20_000)
     page = context.new_page()
@@ -177,7 +160,7 @@ def test_console_preview_route_is_csrf_checked_and_shows_refusals_in_place(
 ) -> None:
     stack = console_stack
     owner = stack.employee("Hank Http")
-    mailbox_id = mailbox(stack, "http@acme.example", owner["id"])
+    mailbox_id = stack.mailbox("http@acme.example", owner["id"], display_name="Acme Sales")
     base = f"/console/mailboxes/{mailbox_id}/signatures"
     with signed_in(stack) as c:
         for path in (f"{base}/preview", f"{base}/make-default"):

@@ -117,6 +117,21 @@ class ConsoleStack(Up):
             assert r.status_code == 201, r.text
             return dict(r.json())
 
+    def mailbox(self, address: str, owner_id: str, **extra: Any) -> str:
+        """A mailbox (IMAP/SMTP settings that are never dialled) owned by ``owner_id``."""
+        body = {
+            "address": address,
+            "protocol": "imap",
+            "incoming": {"host": "imap.acme.example", "port": 993, "security": "ssl"},
+            "outgoing": {"host": "smtp.acme.example", "port": 465, "security": "ssl"},
+            "owner_id": owner_id,
+            **extra,
+        }
+        with self.api() as c:
+            r = c.post("/v1/accounts", json=body)
+            assert r.status_code == 201, r.text
+            return str(r.json()["id"])
+
     def token_for(self, employee_id: str) -> str:
         """An employee's token, signed with the running stack's local key."""
         key = load_or_create_key(self.data_dir / "auth_ed25519.pem")

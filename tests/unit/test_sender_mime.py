@@ -27,7 +27,10 @@ PRINTABLE = [
     "<", ">", ",", ";", ":", "@", "(", ")", " ", "  ", "é", "😀", "x" * 80, "ÿ" * 30,
     "RCPT TO:<victim@evil.example>", "To: victim@evil.example",
 ]  # fmt: skip
-_visible = st.characters(blacklist_categories=["Cc", "Cs", "Zl", "Zp", "Cn", "Co"])
+_visible = st.characters(  # what the sender accepts in a header (bidi controls are refused)
+    blacklist_categories=["Cc", "Cs", "Zl", "Zp", "Cn", "Co"],
+    blacklist_characters="".join(domain.BIDI_CONTROLS),
+)
 printable = st.lists(
     st.one_of(st.text(_visible, max_size=8), st.sampled_from(PRINTABLE)), max_size=10
 ).map("".join)

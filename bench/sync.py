@@ -116,7 +116,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         sync_settings = SyncSettings(
             default_interval_s=args.interval,
             min_interval_s=1,
-            max_connections=args.accounts,
+            max_connections=min(args.max_connections, args.accounts),
             idle_connections=args.idle,
             max_concurrent_polls=args.concurrency * 8,
             per_host_logins=args.concurrency,
@@ -214,6 +214,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "accounts": args.accounts,
             "interval_s": args.interval,
+            "open_connections": engine.open_connections,
             "idle_connections": len(idlers),
             "raw_aioimaplib_login_select_per_s": round(raw_rate, 1),
             "sync_ramp_s": round(ramp_s, 2),
@@ -277,6 +278,13 @@ if __name__ == "__main__":
     parser.add_argument("--interval", type=int, default=60)
     parser.add_argument("--window", type=float, default=30.0)
     parser.add_argument("--idle", type=int, default=200, help="idle connection budget")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="connections kept open (Dovecot runs one imap process per open connection); "
+        "the other accounts log in at each poll",
+    )
     parser.add_argument("--deliveries", type=int, default=100)
     parser.add_argument("--raw-logins", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=8)

@@ -8,6 +8,7 @@ subject as configured: ``libs.common.oidc``).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -206,13 +207,27 @@ class TokenVerifier:
     def from_settings(cls, public_key: Ed25519PublicKey | None, settings: Any) -> TokenVerifier:
         return cls(public_key, oidc=OidcConfig.from_settings(settings))
 
-    def verify(self, token: str) -> Principal:
+    async def verify_async(self, token: str) -> Principal:
+        """:meth:`verify` for request handlers: a token of our own issuer is checked right here
+        (CPU only, ~0.1 ms); an identity provider's may have to fetch its keys (blocking HTTP),
+        so it is checked on a worker thread."""
+        header, issuer = _unverified(token)
+        if issuer == LOCAL_ISSUER and self._public is not None:
+            return self._verified(token, header, issuer)
+        return await asyncio.to_thread(self._verified, token, header, issuer)
+
+    def is_local(self, token: str) -> bool:
+        """Issued by this deployment (checked without any network call)."""
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise Unauthorized("the bearer token is malformed", code="invalid_token") from exc
-        issuer = unverified.get("iss")
+            return _unverified(token)[1] == LOCAL_ISSUER and self._public is not None
+        except Unauthorized:
+            return False
+
+    def verify(self, token: str) -> Principal:
+        header, issuer = _unverified(token)
+        return self._verified(token, header, issuer)
+
+    def _verified(self, token: str, header: dict[str, Any], issuer: Any) -> Principal:
         if issuer == LOCAL_ISSUER and self._public is not None:
             alg = check_algorithm(header.get("alg"), ("EdDSA",))
             claims = _decode(token, self._public, alg, AUDIENCE, LOCAL_ISSUER, 0.0)
@@ -234,6 +249,16 @@ class TokenVerifier:
             if check(principal):
                 raise Unauthorized("this principal's access was revoked", code="token_revoked")
         return principal
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], Any]:
+    """The token's header and issuer, before any check (which key to check it with)."""
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("the bearer token is malformed", code="invalid_token") from exc
+    return header, unverified.get("iss")
 
 
 _DECODE_ERRORS: tuple[tuple[type[jwt.PyJWTError], str, str], ...] = (

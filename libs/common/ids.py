@@ -10,6 +10,28 @@ import uuid
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_POOL_BYTES = 8192
+_pool = b""
+_pos = 0
+
+
+def _random(n: int) -> int:
+    """``n`` bytes from the OS CSPRNG as an int, drawn from a pool (one getrandom call per
+    ~800 ids instead of two per id: system calls are dear in sandboxes). Call under ``_lock``."""
+    global _pool, _pos
+    if _pos + n > len(_pool):
+        _pool, _pos = os.urandom(_POOL_BYTES), 0
+    value = int.from_bytes(_pool[_pos : _pos + n], "big")
+    _pos += n
+    return value
+
+
+def _reset_after_fork() -> None:
+    global _pool, _pos
+    _pool, _pos = b"", 0  # a forked child never reuses its parent's random bytes
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _uuid7_int() -> int:
@@ -24,9 +46,9 @@ def _uuid7_int() -> int:
             ms = _last_ms
         else:
             _last_ms = ms
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+            _counter = _random(2) & 0x3FF
         counter = _counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        rand_b = _random(8) & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76
     value |= counter << 64

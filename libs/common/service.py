@@ -38,9 +38,10 @@ class Runtime:
     js: Any = None
 
 
-def current_principal(request: Request) -> Principal:
+async def current_principal(request: Request) -> Principal:
+    """The caller (async: a sync dependency would cost every request a thread hop)."""
     runtime: Runtime = request.app.state.runtime
-    principal = runtime.verifier.verify(bearer(request))
+    principal = await runtime.verifier.verify_async(bearer(request))
     bind_principal(principal.tenant_id, principal.actor)  # the span and the logs say who
     return principal
 

@@ -62,7 +62,7 @@ def build_accounts_router(console: Console) -> APIRouter:
         protocol: Annotated[str, Query(max_length=20)] = "",
         cursor: Annotated[str, Query(max_length=64)] = "",
     ) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         state = state if state in STATE_FILTERS else ""
         protocol = protocol if protocol in PROTOCOLS else ""
         rows, next_cursor = await library.rows(
@@ -95,7 +95,7 @@ def build_accounts_router(console: Console) -> APIRouter:
     ) -> Response:
         """htmx polls this: the state and last-sync cells of the rows on the page, swapped in
         out of band (the rest of the page stays as it is)."""
-        session = console.session(request)
+        session = await console.session(request)
         wanted = [i for i in ids.split(",") if _ID.match(i)][:500]
         found = await library.statuses(session.api)
         cells = [(i, found.get(i)) for i in wanted]
@@ -103,7 +103,7 @@ def build_accounts_router(console: Console) -> APIRouter:
 
     @r.get("/mailboxes/{mailbox_id}")
     async def mailbox(request: Request, mailbox_id: str) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         check_id(mailbox_id)
         api = session.api
         account = await api.get("registry", f"/v1/accounts/{mailbox_id}")

@@ -132,7 +132,7 @@ def build_add_router(console: Console) -> APIRouter:
 
     @r.get("")
     async def new(request: Request, preset: Annotated[str, Query(max_length=64)] = "") -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         await allowed(session)
         return await form_page(request, session, preset_id=preset)
 
@@ -140,7 +140,7 @@ def build_add_router(console: Console) -> APIRouter:
     async def discover(
         request: Request, address: Annotated[str, Query(max_length=320)] = ""
     ) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         if not address.strip():
             raise ApiError(422, "address_required", "enter the address first")
         found = await session.api.get("registry", "/v1/discover", address=address.strip())
@@ -148,7 +148,7 @@ def build_add_router(console: Console) -> APIRouter:
 
     @r.post("/test")
     async def test(request: Request) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         await check_csrf(request)
         form = await request.form()
         body = account_body(form, session)
@@ -168,7 +168,7 @@ def build_add_router(console: Console) -> APIRouter:
 
     @r.post("")
     async def save(request: Request) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         await check_csrf(request)
         form = await request.form()
         values = {k: form_str(form, k, max_length=320) for k in FIELDS}

@@ -57,7 +57,7 @@ def build_audit_router(console: Console) -> APIRouter:
         cursor: Annotated[str, Query(max_length=100)] = "",
     ) -> Response:
         """One page of the trail, newest first; Newer/Older carry the API's cursor."""
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         api = session.api
         names = CATALOGUE.names()
@@ -104,7 +104,7 @@ def build_audit_router(console: Console) -> APIRouter:
 
     @r.get("/sync")
     async def sync(request: Request, days: Annotated[int, Query(ge=1, le=30)] = 7) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         api = session.api
         days = days if days in (1, 7, 30) else 7

@@ -92,7 +92,7 @@ def build_auth_router(console: Console) -> APIRouter:
         token = token.strip()
         try:
             assert console.verifier is not None
-            verify(console.verifier, token)
+            await verify(console.verifier, token)
         except SignInRequired as exc:
             return signin_page(
                 request, status=401, error=f"The token was refused: {exc.reason}", next_url=next_url
@@ -158,7 +158,7 @@ def build_auth_router(console: Console) -> APIRouter:
         try:
             token = await _exchange(console, request, code, parts[1])
             assert console.verifier is not None
-            verify(console.verifier, token)
+            await verify(console.verifier, token)
         except ApiError as exc:
             return signin_page(request, status=exc.status, error=exc.message)
         except SignInRequired as exc:

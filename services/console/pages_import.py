@@ -27,7 +27,7 @@ def build_import_router(console: Console) -> APIRouter:
     limit = console.settings.import_max_bytes
 
     async def upload(request: Request) -> tuple[Session, bytes, dict[str, Any]]:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit + 65536:
@@ -51,7 +51,7 @@ def build_import_router(console: Console) -> APIRouter:
 
     @r.get("")
     async def page(request: Request) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         return console.page(request, session, "import.html", report=None)
 

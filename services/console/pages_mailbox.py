@@ -36,7 +36,7 @@ def build_mailbox_router(console: Console) -> APIRouter:
     )
 
     async def begin(request: Request, mailbox_id: str) -> tuple[Any, Any]:
-        session = console.session(request)
+        session = await console.session(request)
         check_id(mailbox_id)
         await check_csrf(request)
         return session, await request.form()

@@ -67,7 +67,7 @@ def build_people_router(console: Console) -> APIRouter:
         status: Annotated[str, Query(max_length=20)] = "",
         department: Annotated[str, Query(max_length=255)] = "",
     ) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         status = status if status in ("active", "offboarded") else ""
         api = session.api
@@ -90,7 +90,7 @@ def build_people_router(console: Console) -> APIRouter:
 
     @r.post("")
     async def add_person(request: Request) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         await check_csrf(request)
         form = await request.form()
@@ -107,7 +107,7 @@ def build_people_router(console: Console) -> APIRouter:
 
     @r.get("/{employee_id}")
     async def person(request: Request, employee_id: str) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         check_id(employee_id, "person")
         view = await person_view(session.api, employee_id)
@@ -120,7 +120,7 @@ def build_people_router(console: Console) -> APIRouter:
 
     @r.get("/{employee_id}/offboard")
     async def offboard_form(request: Request, employee_id: str) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         check_id(employee_id, "person")
         return await wizard(request, session, employee_id, step="choose")
@@ -172,7 +172,7 @@ def build_people_router(console: Console) -> APIRouter:
 
     @r.post("/{employee_id}/offboard/review")
     async def offboard_review(request: Request, employee_id: str) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         check_id(employee_id, "person")
         await check_csrf(request)
@@ -188,7 +188,7 @@ def build_people_router(console: Console) -> APIRouter:
 
     @r.post("/{employee_id}/offboard")
     async def offboard(request: Request, employee_id: str) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         check_id(employee_id, "person")
         await check_csrf(request)
@@ -234,7 +234,7 @@ def build_people_router(console: Console) -> APIRouter:
 
     @r.post("/{employee_id}/reinstate")
     async def reinstate(request: Request, employee_id: str) -> Response:
-        session = console.session(request)
+        session = await console.session(request)
         admin_only(session)
         check_id(employee_id, "person")
         await check_csrf(request)

@@ -34,6 +34,7 @@ from services.console.session import (
     clear_cookie,
     csrf_token,
     current,
+    current_cached,
     set_cookie,
 )
 from services.console.settings import ConsoleSettings
@@ -86,10 +87,10 @@ class Console:
         )
         fmt.install(self.env)
 
-    def session(self, request: Request) -> Session:
+    async def session(self, request: Request) -> Session:
         if self.verifier is None:
             raise SignInRequired("the console is starting; try again in a moment")
-        return current(request, self.verifier, self.backends)
+        return await current(request, self.verifier, self.backends)
 
     def render(self, template: str, **ctx: Any) -> str:
         return self.env.get_template(template).render(**ctx)
@@ -120,8 +121,8 @@ class Console:
 
     def error(self, request: Request, status: int, title: str, message: str) -> HTMLResponse:
         session: Session | None
-        try:
-            session = self.session(request)
+        try:  # the signed-in header on an error page: keys already at hand only, no fetch
+            session = current_cached(request, self.verifier, self.backends)
         except Exception:
             session = None
         template = "_alert.html" if is_htmx(request) else "error.html"

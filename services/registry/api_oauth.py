@@ -44,10 +44,10 @@ def cookie_name(state: str) -> str:
     return f"mailroom_oauth_{digest(state)[:16]}"
 
 
-def optional_principal(request: Request) -> Principal | None:
+async def optional_principal(request: Request) -> Principal | None:
     if not request.headers.get("authorization"):
         return None
-    return current_principal(request)
+    return await current_principal(request)
 
 
 def build_oauth_router(flow: OAuthFlow, perms: Permissions) -> APIRouter:
@@ -96,7 +96,7 @@ def build_oauth_router(flow: OAuthFlow, perms: Permissions) -> APIRouter:
         """Where the provider sends the browser back: exchanges the code (with the PKCE
         verifier) and stores the tokens encrypted (``CredentialRotated``). The state works
         once, for ``MAILROOM_REGISTRY_OAUTH_STATE_TTL_S``, in the browser that started."""
-        principal = optional_principal(request)
+        principal = await optional_principal(request)
         binding = request.cookies.get(cookie_name(state)) if state else None
         done = await flow.callback(
             provider, state=state, code=code, error=error, principal=principal, binding=binding

@@ -7,6 +7,7 @@ tokens with them. Mailroom's settings point at it as they would at a production 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import json
@@ -213,3 +214,26 @@ async def test_key_rotation_rate_limit_and_provider_outage(
     provider.start()  # back on the same port
     clock.advance(31)
     assert status(await get(stack, new_token)) == (200, None)
+
+
+async def test_a_slow_key_fetch_does_not_stall_other_requests(
+    oidc: tuple[Stack, IdentityProvider, Clock],
+) -> None:
+    """Fetching the provider's keys is blocking HTTP: it runs on a worker thread, so while it
+    takes 1.5 s, requests with the deployment's own tokens are answered at once."""
+    stack, provider, _clock = oidc
+    kid = provider.add_key("rsa")
+    provider.delay_s = 1.5
+    oidc_token = provider.token(kid, employee_id="e-slow", groups=["mailroom-admins"])
+    assert stack.host.runtime.issuer is not None
+    local = stack.host.runtime.issuer.issue("acme", "ops", "admin")
+    loop = asyncio.get_running_loop()
+    slow = asyncio.create_task(get(stack, oidc_token))
+    await asyncio.sleep(0.2)  # the fetch is under way
+    t0 = loop.time()
+    fast = await get(stack, local)
+    took = loop.time() - t0
+    assert fast.status_code == 200, fast.text
+    assert took < 0.8, f"a local-token request waited {took:.2f}s behind the key fetch"
+    assert not slow.done()
+    assert (await slow).status_code == 200

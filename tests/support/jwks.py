@@ -35,6 +35,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         idp = self.server.idp  # type: ignore[attr-defined]
         idp.requests += 1
+        if idp.delay_s:
+            time.sleep(idp.delay_s)  # a slow provider (this handler's own thread)
         if self.path != JWKS_PATH:
             self.send_error(404)
             return
@@ -56,6 +58,7 @@ class IdentityProvider:
         self.published: list[str] = []
         self.requests = 0
         self.status = 200
+        self.delay_s = 0.0
         self.raw: bytes | None = None  # serve this instead of the JWKS (garbage tests)
         self.extra_jwks: list[dict[str, Any]] = []  # more entries in the document
         self._server: ThreadingHTTPServer | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 import pytest
@@ -41,6 +42,24 @@ def test_uuid7_is_version_7_and_time_ordered() -> None:
     assert all(u.version == 7 for u in ids)
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_uuid7_random_bits_differ_across_pool_refills_and_after_fork() -> None:
+    """The random part comes from a pooled OS CSPRNG: 2,000 ids cross several refills without
+    a repeat, and a forked child does not replay its parent's pool."""
+    tails = {u.int & ((1 << 62) - 1) for u in (uuid7() for _ in range(2000))}
+    assert len(tails) == 2000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id's random bits, then out
+        os.write(write, str(uuid7().int & ((1 << 62) - 1)).encode())
+        os._exit(0)
+    os.close(write)
+    child = int(os.read(read, 64))
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent = uuid7().int & ((1 << 62) - 1)
+    assert child != parent
 
 
 def _account() -> Envelope:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import sys
 import tempfile
@@ -38,6 +39,22 @@ from libs.common.service import Service
 from libs.common.settings import Settings
 from libs.common.store.database import Database
 from services.audit.app import create_app as create_audit
+
+
+def loop_in_use(choice: str) -> str:
+    return "uvloop" if choice == "auto" and importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def run_on_service_loop(coro: Any, choice: str) -> Any:
+    """Run on the event loop the services run on: uvicorn's ``loop="auto"`` (uvloop when
+    installed), as ``mailroom up`` and ``python -m services.<name>`` do."""
+    factory = None
+    if loop_in_use(choice) == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -323,7 +340,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(r: dict[str, Any]) -> str:
     rate = r["latency_rate_per_s"]
-    rows = [("raw JetStream publish+fetch/ack", f"{r['raw_events_per_s']:,.0f} events/s")]
+    rows = [
+        ("event loop (both paths)", str(r.get("loop", "asyncio"))),
+        ("raw JetStream publish+fetch/ack", f"{r['raw_events_per_s']:,.0f} events/s"),
+    ]
     for label, p in (("one process", ""), ("writer in its own process", "writer_process_")):
         rows += [
             (
@@ -349,13 +369,20 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio"],
+        default="auto",
+        help="auto: what `mailroom up` runs on (uvloop when installed)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--writer", nargs=2, metavar=("NATS_URL", "DIR"), help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.writer:
-        asyncio.run(writer_child(ns.writer[0], Path(ns.writer[1])))
+        run_on_service_loop(writer_child(ns.writer[0], Path(ns.writer[1])), ns.loop)
         sys.exit(0)
-    result = asyncio.run(main(ns))
+    result = run_on_service_loop(main(ns), ns.loop)
+    result["loop"] = loop_in_use(ns.loop)
     print(table(result))
     if ns.json:
         print(json.dumps(result))

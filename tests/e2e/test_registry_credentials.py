@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,32 @@ async def test_lease_returns_the_secret_and_is_audited(registry_stack: Stack, nc
     assert "open sesame" not in json.dumps(r.json())
     got = (await s.call("GET", f"/v1/accounts/{a['id']}")).json()
     assert got["last_leased_at"] is not None
+
+
+async def test_many_leases_at_once_are_each_answered_and_audited(
+    registry_stack: Stack, nc: Any
+) -> None:
+    """A starting sync worker asks for many leases at once, and the registry works on up to
+    ``LEASE_WORKERS`` of them together: each is answered with its own account's secret, also
+    with eight on one account, and recorded once as CredentialAccessed in a gap-free history."""
+    s = registry_stack
+    accounts = [
+        (await create(s, imap_account(f"box{i}@example.com", password=f"pw-{i}")))["id"]
+        for i in range(6)
+    ]
+    asked = [accounts[i % len(accounts)] for i in range(48)]
+    leases = await asyncio.gather(
+        *(lease_credential(nc, "acme", a, "sync", f"startup {i}") for i, a in enumerate(asked))
+    )
+    for account_id, lease in zip(asked, leases, strict=True):
+        assert lease.account_id == account_id
+        assert lease.secret.get_secret_value() == f"pw-{accounts.index(account_id)}"
+    db = s.host.service("registry").db
+    async with db.transaction() as tx:
+        for account_id in accounts:
+            history = await tx.load("acme", account_id)
+            assert [e.aggregate_version for e in history] == list(range(1, len(history) + 1))
+            assert sum(e.event_name == "CredentialAccessed" for e in history) == 8
 
 
 async def test_lease_refusals(registry_stack: Stack, nc: Any) -> None:

@@ -13,6 +13,10 @@ from hypothesis import settings
 
 from libs.common.host import task_chain
 
+# The test tenant "acme" administers the key ring (as "demo" does by default); services
+# started as processes (`mailroom up`, `python -m services.x`) inherit this.
+os.environ.setdefault("MAILROOM_REGISTRY_KEY_ADMIN_TENANTS", '["demo", "acme"]')
+
 pytest_plugins = [
     "tests.support.tlsca",
     "tests.support.infra",

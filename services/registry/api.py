@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 
+from libs.common.auth import Principal
 from libs.common.errors import Forbidden, MailroomError, NotFound
 from libs.common.events.envelope import CommandContext
 from libs.common.events.registry import Ownership, Protocol
@@ -232,6 +233,9 @@ def build_router(
     async def usage(tenant_id: str) -> dict[str, int]:
         return {str(k): n for k, n in sorted((await ch.key_usage(tenant_id)).items())}
 
+    def key_admin(caller: Principal) -> bool:
+        return caller.tenant_id in ch.settings.key_admin_tenants
+
     @r.get("/admin/keys", response_model=KeyStatusOut, tags=["keys"])
     async def key_status(caller: Caller) -> KeyStatusOut:
         caller.require_admin()
@@ -248,7 +252,16 @@ def build_router(
         """Re-wrap every credential of the tenant under the active KEK (no plaintext is
         decrypted). With the embedded key file a new KEK version is generated first."""
         caller.require_admin()
-        res = await ch.rotate_keys(context(caller), body.generate if body else None)
+        generate = body.generate if body else None
+        if not key_admin(caller):
+            if generate:
+                raise Forbidden(
+                    "adding a KEK version changes the key ring of every tenant: it needs an "
+                    "admin of a key-admin tenant (MAILROOM_REGISTRY_KEY_ADMIN_TENANTS)",
+                    code="key_admin_required",
+                )
+            generate = False  # re-wrap this tenant's credentials under the active KEK only
+        res = await ch.rotate_keys(context(caller), generate)
         return RotateOut(
             generated=res.generated,
             active_version=res.active_version,
@@ -260,8 +273,15 @@ def build_router(
 
     @r.post("/admin/keys/retire", response_model=RetireOut, tags=["keys"])
     async def retire_key(caller: Caller, body: RetireIn) -> RetireOut:
-        """Drop a KEK version; 409 ``kek_in_use`` while any credential is wrapped under it."""
+        """Drop a KEK version; 409 ``kek_in_use`` while any credential is wrapped under it;
+        403 ``key_admin_required`` unless the caller administers a key-admin tenant."""
         caller.require_admin()
+        if not key_admin(caller):
+            raise Forbidden(
+                "retiring a KEK version changes the key ring of every tenant: it needs an "
+                "admin of a key-admin tenant (MAILROOM_REGISTRY_KEY_ADMIN_TENANTS)",
+                code="key_admin_required",
+            )
         res = await ch.retire_key(body.version)
         message = (
             f"KEK version {res.version} removed from the embedded key file"

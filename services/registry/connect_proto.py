@@ -1,5 +1,6 @@
 """The protocol half of a connection test, on a socket the caller has connected already:
-IMAP (aioimaplib), POP3 (asyncio streams), SMTP (aiosmtplib), EWS (TLS only).
+IMAP (aioimaplib), POP3 (asyncio streams; its login in ``connect_pop3``), SMTP (aiosmtplib),
+EWS (TLS only).
 
 A TLS handshake that fails on a port speaking plain text, or a silent port that turns out to
 expect TLS, is confirmed with a second short connection, so the message says exactly which
@@ -22,13 +23,14 @@ from aioimaplib.aioimaplib import Command, quoted
 
 from libs.common.imap_xoauth2 import xoauth2
 from services.registry.connect_hints import PORTS, Diagnosis, StepFailed, classify_reply
+from services.registry.connect_pop3 import MAX_LINE, Pop3Lines
+from services.registry.connect_pop3 import login as pop3_login
 
 if TYPE_CHECKING:
     from services.registry.connect import Credential, Probe
 
 _GREETING = re.compile(rb"^(\* OK|\* PREAUTH|\+OK|220[ -])")
 PROBE_S = 3.0
-MAX_LINE = 8192
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -234,23 +236,6 @@ async def _imap_examine(proto: aioimaplib.IMAP4ClientProtocol) -> int:
 
 
 # --- POP3 -------------------------------------------------------------------------------------
-class _Pop3:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def line(self) -> str:
-        raw = await self.reader.readline()
-        if not raw:
-            raise ConnectionResetError("the server closed the connection")
-        return raw[:MAX_LINE].decode(errors="replace").rstrip("\r\n")
-
-    async def command(self, text: str) -> str:
-        self.writer.write(text.encode() + b"\r\n")
-        await self.writer.drain()
-        return await self.line()
-
-
 async def pop3(p: Probe, sock: socket.socket, credential: Credential | None) -> None:
     if p.security == "ssl":
         reader, writer = await p.step(
@@ -261,7 +246,7 @@ async def pop3(p: Probe, sock: socket.socket, credential: Credential | None) -> 
         p.note(tls_note(writer.transport))
     else:
         reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_LINE * 2)
-    s = _Pop3(reader, writer)
+    s = Pop3Lines(reader, writer)
     try:
         greeting = await p.step("greeting", s.line, diagnose=tls_first(p))
         p.note(detail=greeting)
@@ -275,7 +260,7 @@ async def pop3(p: Probe, sock: socket.socket, credential: Credential | None) -> 
         if _skip_login(p, credential, ("login", "mailbox_select")):
             return
         assert credential is not None and credential.secret is not None
-        await p.step("login", lambda: _pop3_login(s, credential))
+        await p.step("login", lambda: pop3_login(s, credential))
         p.note(f"signed in as {credential.username}")
         stat = await p.step("mailbox_select", lambda: s.command("STAT"))
         parts = stat.split()
@@ -287,21 +272,11 @@ async def pop3(p: Probe, sock: socket.socket, credential: Credential | None) -> 
         _release(s.writer.transport, sock)
 
 
-async def _pop3_stls(p: Probe, s: _Pop3) -> None:
+async def _pop3_stls(p: Probe, s: Pop3Lines) -> None:
     reply = await s.command("STLS")
     if not reply.startswith("+OK"):
         raise _no_starttls(p)
     await s.writer.start_tls(p.tls, server_hostname=p.sni)
-
-
-async def _pop3_login(s: _Pop3, c: Credential) -> None:
-    assert c.secret is not None
-    if c.auth_mode == "oauth2":
-        raise StepFailed(Diagnosis("auth_unavailable", "POP3 with OAuth2 is not tested here"))
-    for command in (f"USER {c.username}", f"PASS {c.secret.get_secret_value()}"):
-        reply = await s.command(command)
-        if not reply.startswith("+OK"):
-            raise StepFailed(classify_reply(reply, "pop3"), reply)
 
 
 # --- SMTP -------------------------------------------------------------------------------------

@@ -63,6 +63,10 @@ class RegistrySettings(BaseSettings):
     import_max_bytes: int = 50 * 1024 * 1024
     import_test_concurrency: int = 16
     """Default number of connection tests run at once by an import with tests."""
+    key_admin_tenants: list[str] = ["demo"]
+    """Tenants whose admins may change the deployment's key ring: add a KEK version to the
+    embedded key file, retire one (``MAILROOM_REGISTRY_KEY_ADMIN_TENANTS='["ops"]'``). The ring
+    serves every tenant, so other tenants' admins only re-wrap their own credentials."""
     oauth_state_ttl_s: int = 600
     """How long an OAuth2 authorization started by ``/v1/oauth/{provider}/start`` may take."""
     oauth_redirect_base: str | None = None

@@ -284,16 +284,14 @@ class AccountWatcher(Recording):
         settings = self.engine.settings
         cred = await self.engine.credentials.get(*self.key)
         async with self.engine.host_slot(server.host):
-            self.logins += 1
-            self.engine.stats.logins += 1
-            s = await Pop3Session.open(
-                server,
-                cred,
-                self.engine.ssl_context,
-                executor=self.engine.executor,
-                connect_timeout=settings.connect_timeout_s,
-                timeout=settings.command_timeout_s,
-            )
+            try:
+                s = await self._login_pop3(server, cred)
+            except SyncError as exc:
+                if exc.reason_class != "auth" or cred.auth_mode != "oauth2":
+                    raise
+                # The OAuth2 access token was refused: once more with a refreshed one.
+                cred = await self.engine.credentials.get(*self.key, refresh=True)
+                s = await self._login_pop3(server, cred)
         try:
             listing = await s.listing()
             async with self.engine.db.read() as conn:
@@ -318,3 +316,15 @@ class AccountWatcher(Recording):
             delete = [listing.uidls[m.uidl] for m in metas if m.uidl]
             delete += [n for u, n in listing.uidls.items() if known.get(u, (0, False))[1]]
         return PollResult([fr], after=lambda: s.finish(sorted(delete)), abort=s.abort)
+
+    async def _login_pop3(self, server: Server, cred: Credential) -> Pop3Session:
+        self.logins += 1
+        self.engine.stats.logins += 1
+        return await Pop3Session.open(
+            server,
+            cred,
+            self.engine.ssl_context,
+            executor=self.engine.executor,
+            connect_timeout=self.engine.settings.connect_timeout_s,
+            timeout=self.engine.settings.command_timeout_s,
+        )

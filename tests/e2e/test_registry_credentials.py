@@ -217,7 +217,14 @@ async def test_kek_rotation_and_retirement(registry_stack: Stack, nc: Any) -> No
     r = await s.call("POST", "/v1/admin/keys/retire", json={"version": 1})
     assert r.status_code == 409 and err(r) == "kek_in_use"  # globex's blob
     assert r.json()["error"]["details"] == {"blobs": 1}
-    r = await s.call("POST", "/v1/admin/keys/rotate", json={"generate": False}, tenant="globex")
+    # globex is not a key-admin tenant: its admin re-wraps its own credentials, and may
+    # neither add a KEK version (every tenant's ring) nor retire one.
+    r = await s.call("POST", "/v1/admin/keys/rotate", json={"generate": True}, tenant="globex")
+    assert r.status_code == 403 and err(r) == "key_admin_required"
+    r = await s.call("POST", "/v1/admin/keys/retire", json={"version": 1}, tenant="globex")
+    assert r.status_code == 403 and err(r) == "key_admin_required"
+    r = await s.call("POST", "/v1/admin/keys/rotate", tenant="globex")  # default: re-wrap only
+    assert r.json()["generated"] is False
     assert r.json()["rewrapped"] == 1 and r.json()["active_version"] == 2
     r = await s.call("POST", "/v1/admin/keys/retire", json={"version": 1})
     assert r.status_code == 200 and r.json()["removed_from_keyring"] is True

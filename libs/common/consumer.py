@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.base import CATALOGUE, Catalogue, EventDecodeError, UnknownEventType
 from libs.common.events.envelope import Envelope
+from libs.common.natsfast import ack_all
 from libs.common.pull import PullLoop
 from libs.common.store.database import Database
 from libs.common.store.fastinsert import insert_rows
@@ -178,8 +179,7 @@ class ProjectionConsumer:
             for msg, env in good:
                 await self._apply_one(msg, env)
             return
-        for msg, _ in good:
-            await msg.ack()
+        await ack_all([msg for msg, _ in good])
 
     @property
     def name(self) -> str:

@@ -38,7 +38,15 @@ def sqlite_datetime(value: datetime | None) -> str | None:
     dropped (not converted), as its default storage format does."""
     if value is None:
         return None
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    last = _last[0]
+    if last is not None and last[0] is value:  # a batch's rows share one timestamp object
+        return last[1]
+    text = value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    _last[0] = (value, text)
+    return text
+
+
+_last: list[tuple[datetime, str] | None] = [None]  # the last datetime formatted, its text
 
 
 def _processor(table: Table, key: str, dialect: Dialect) -> Processor:

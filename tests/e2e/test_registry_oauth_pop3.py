@@ -8,6 +8,7 @@ audit on a real nats-server (the fixtures of test_registry_oauth_mail)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -79,6 +80,7 @@ async def test_pop3_mailbox_over_xoauth2_polls_refreshes_once_and_fails_on_revoc
     steps = {s["name"]: s["status"] for s in report["incoming"]["steps"]}
     assert steps["login"] == "ok" and steps["mailbox_select"] == "ok"
 
+    await asyncio.sleep(1.1)  # older than the forced-refresh floor of this test
     oauth.revoke_access(user)  # the access token dies, the grant lives on
     logins = xoauth2_logins(imap, user)
     imap.deliver(user, b"From: a@example.org\r\nSubject: after refresh\r\n\r\nhi\r\n")
@@ -87,6 +89,7 @@ async def test_pop3_mailbox_over_xoauth2_polls_refreshes_once_and_fails_on_revoc
     assert xoauth2_logins(imap, user) > logins and oauth.stats.refresh_grants == 1
     assert (await state(stack, account))["failures"] == 0
 
+    await asyncio.sleep(1.1)
     oauth.revoke_user(user)  # the user removed Mailroom's access at the provider
     await poll(stack, account)
     failed = await reaches(stack, account, "auth_failed")

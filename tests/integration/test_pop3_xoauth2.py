@@ -87,7 +87,7 @@ def ctx(server: Dovecot) -> ssl.SSLContext:
 
 async def open_pop3(server: Dovecot, user: str, token: str, security: str) -> Pop3Session:
     port = server.pop3s_port if security == "ssl" else server.pop3_port
-    srv = Server(protocol="pop3", host=server.host, port=port, security=security)  # type: ignore[arg-type]
+    srv = Server(protocol="pop3", host=server.host, port=port, security=security)
     cred = Credential(user, SecretStr(token), "oauth2")
     return await Pop3Session.open(
         srv, cred, ctx(server), executor=None, connect_timeout=5, timeout=5
@@ -154,7 +154,7 @@ def network() -> Network:
 
 async def probe(network: Network, server: Dovecot, user: str, token: str, security: str) -> Any:
     port = server.pop3s_port if security == "ssl" else server.pop3_port
-    srv = Server(protocol="pop3", host=server.host, port=port, security=security)  # type: ignore[arg-type]
+    srv = Server(protocol="pop3", host=server.host, port=port, security=security)
     cred = ProbeCredential(user, SecretStr(token), "oauth2")
     return await check_server(network, srv, "incoming", cred, reach="any")
 

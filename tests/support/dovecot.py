@@ -7,9 +7,10 @@ listens on free loopback ports:
 * ``imap_port``  plain IMAP with STARTTLS     * ``imaps_port`` implicit TLS
 * ``pop3_port``  plain POP3 with STLS         * ``pop3s_port`` implicit TLS
 
-``oauth2_introspection_url`` (opt-in) adds SASL XOAUTH2/OAUTHBEARER: an ``oauth2`` passdb
-checks the bearer token by RFC 7662 introspection (POST) and takes the ``username`` it
-returns; the user must exist (``add_user``: its maildir and userdb entry).
+``oauth2_introspection_url`` (opt-in) adds SASL XOAUTH2/OAUTHBEARER to IMAP and POP3 alike
+(``auth_mechanisms`` is global): an ``oauth2`` passdb checks the bearer token by RFC 7662
+introspection (POST) and takes the ``username`` it returns; the user must exist
+(``add_user``: its maildir and userdb entry).
 
 As root, mail processes run as ``nobody:nogroup`` (Dovecot refuses uid 0 for
 mail); as any other user, everything runs as that user with chroots disabled.

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from libs.common.events.registry import Server
 from services.sync.checks import check_imap_folder, check_pop3
@@ -31,6 +32,7 @@ from services.sync.repository import SyncRepository
 if TYPE_CHECKING:
     from services.sync.scheduler import SyncEngine
 
+S = TypeVar("S")
 log = logging.getLogger("mailroom.sync")
 
 
@@ -198,19 +200,25 @@ class AccountWatcher(Recording):
         self.reconnect = False
         server = self.account.settings.incoming
         assert server is not None
-        cred = await self.engine.credentials.get(*self.key)
-        async with self.engine.host_slot(server.host):
-            try:
-                s = await self._login(server, cred)
-            except SyncError as exc:
-                if exc.reason_class != "auth" or cred.auth_mode != "oauth2":
-                    raise
-                # The OAuth2 access token was refused: once more with a refreshed one.
-                cred = await self.engine.credentials.get(*self.key, refresh=True)
-                s = await self._login(server, cred)
+        s = await self._logged_in(server, self._login)
         self.session = s
         self.persistent = self.engine.take_connection()
         return s
+
+    async def _logged_in(
+        self, server: Server, login: Callable[[Server, Credential], Awaitable[S]]
+    ) -> S:
+        """A login slot on the host, then ``login``; an OAuth2 access token the server refuses
+        is refreshed and tried once more."""
+        cred = await self.engine.credentials.get(*self.key)
+        async with self.engine.host_slot(server.host):
+            try:
+                return await login(server, cred)
+            except SyncError as exc:
+                if exc.reason_class != "auth" or cred.auth_mode != "oauth2":
+                    raise
+                cred = await self.engine.credentials.get(*self.key, refresh=True)
+                return await login(server, cred)
 
     async def _login(self, server: Server, cred: Credential) -> ImapSession:
         self.logins += 1
@@ -282,16 +290,7 @@ class AccountWatcher(Recording):
         server = self.account.settings.incoming
         assert server is not None
         settings = self.engine.settings
-        cred = await self.engine.credentials.get(*self.key)
-        async with self.engine.host_slot(server.host):
-            try:
-                s = await self._login_pop3(server, cred)
-            except SyncError as exc:
-                if exc.reason_class != "auth" or cred.auth_mode != "oauth2":
-                    raise
-                # The OAuth2 access token was refused: once more with a refreshed one.
-                cred = await self.engine.credentials.get(*self.key, refresh=True)
-                s = await self._login_pop3(server, cred)
+        s = await self._logged_in(server, self._login_pop3)
         try:
             listing = await s.listing()
             async with self.engine.db.read() as conn:

@@ -20,7 +20,14 @@ from sqlalchemy import update
 from libs.common.leases import Lease, LeaseRefused, lease_credential
 from libs.common.natsserver import NatsServer
 from services.registry.tables import oauth_states
-from tests.support.oauthflow import PROVIDER, authorize, browse, configure_mailroom, connect
+from tests.support.oauthflow import (
+    PROVIDER,
+    authorize,
+    browse,
+    configure_mailroom,
+    connect,
+    running_oauth_server,
+)
 from tests.support.oauthserver import OAuthServer
 from tests.support.registry import imap_account, stop
 from tests.support.stack import Stack, start_stack, wait_until
@@ -30,11 +37,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.connected]
 
 @pytest.fixture
 def oauth() -> Iterator[OAuthServer]:
-    server = OAuthServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_oauth_server()
 
 
 @pytest.fixture

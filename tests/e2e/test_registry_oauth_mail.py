@@ -21,13 +21,18 @@ import pytest
 from libs.common.natsserver import NatsServer
 from tests.integration.test_sender_support import FAST as SENDER_FAST
 from tests.integration.test_sync_support import FAST as SYNC_FAST
-from tests.support.dovecot import Dovecot, require_dovecot
-from tests.support.oauthflow import PROVIDER, configure_mailroom, connect
+from tests.support.dovecot import Dovecot
+from tests.support.oauthflow import (
+    PROVIDER,
+    configure_mailroom,
+    connect,
+    oauth_dovecot,
+    running_oauth_server,
+)
 from tests.support.oauthserver import OAuthServer, Stats
 from tests.support.registry import stop
 from tests.support.smtpd_oauth import OAuthSmtpServer
 from tests.support.stack import Stack, start_stack, wait_until
-from tests.support.tlsca import session_pki
 
 pytestmark = [pytest.mark.e2e, pytest.mark.connected]
 _keys = itertools.count(1)
@@ -35,23 +40,12 @@ _keys = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def oauth() -> Iterator[OAuthServer]:
-    server = OAuthServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_oauth_server()
 
 
 @pytest.fixture(scope="module")
 def imap(oauth: OAuthServer) -> Iterator[Dovecot]:
-    require_dovecot()
-    url = oauth.add_resource_server("dovecot", "dovecot-introspection-pw")
-    server = Dovecot(pki=session_pki(), oauth2_introspection_url=url)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from oauth_dovecot(oauth)
 
 
 @pytest.fixture(scope="module")

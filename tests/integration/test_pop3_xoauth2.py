@@ -36,7 +36,8 @@ from tests.integration.test_sync_support import (  # noqa: F401 -- fixtures
     raw_mail,
     sync_env,
 )
-from tests.support.dovecot import Dovecot, require_dovecot
+from tests.support.dovecot import Dovecot
+from tests.support.oauthflow import oauth_dovecot, running_oauth_server
 from tests.support.oauthmodels import Token, User
 from tests.support.oauthserver import OAuthServer
 from tests.support.tlsca import session_pki
@@ -46,24 +47,13 @@ pytestmark = pytest.mark.connected
 
 @pytest.fixture(scope="module")
 def oauth() -> Iterator[OAuthServer]:
-    server = OAuthServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from running_oauth_server()
 
 
 @pytest.fixture(scope="module")
 def dovecot(oauth: OAuthServer) -> Iterator[Dovecot]:
     """This module's Dovecot (overrides the session one): XOAUTH2 checked at ``oauth``."""
-    require_dovecot()
-    url = oauth.add_resource_server("dovecot", "dovecot-introspection-pw")
-    server = Dovecot(pki=session_pki(), oauth2_introspection_url=url)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
+    yield from oauth_dovecot(oauth)
 
 
 def mint(oauth: OAuthServer, user: str, *, length: int = 32) -> str:

@@ -4,14 +4,17 @@ of the authorization-code flow (``start`` -> the server approves -> ``callback``
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 
+from tests.support.dovecot import Dovecot, require_dovecot
 from tests.support.oauthserver import OAuthServer
 from tests.support.stack import Stack
+from tests.support.tlsca import session_pki
 
 CLIENT_ID = "mailroom"
 CLIENT_SECRET = "mailroom-client-secret-0001"
@@ -58,3 +61,25 @@ async def connect(stack: Stack, account_id: str, **who: Any) -> dict[str, Any]:
     r = await stack.client.get(callback)
     assert r.status_code == 200, r.text
     return dict(r.json())
+
+
+def running_oauth_server() -> Iterator[OAuthServer]:
+    """A local authorization server for a fixture: ``yield from running_oauth_server()``."""
+    server = OAuthServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def oauth_dovecot(oauth: OAuthServer) -> Iterator[Dovecot]:
+    """A Dovecot whose XOAUTH2 logins are checked at ``oauth`` (token introspection), for a
+    fixture: ``yield from oauth_dovecot(oauth)``."""
+    require_dovecot()
+    url = oauth.add_resource_server("dovecot", "dovecot-introspection-pw")
+    server = Dovecot(pki=session_pki(), oauth2_introspection_url=url)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

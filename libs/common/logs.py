@@ -20,6 +20,12 @@ from typing import Any
 
 _PATTERNS = [
     (re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [REDACTED]"),
+    # HTTP Basic (EWS with a password): base64 of "user:password", which no remembered value
+    # matches as such.
+    (
+        re.compile(r"\b[Bb]asic\s+(?=[A-Za-z0-9+/]*[0-9+/])[A-Za-z0-9+/]{8,}={0,2}"),
+        "Basic [REDACTED]",
+    ),
     (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[REDACTED-JWT]"),
     (
         re.compile(

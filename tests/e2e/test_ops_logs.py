@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
@@ -194,12 +195,14 @@ def test_the_filter_scrubs_planted_secrets_wherever_they_hide(json_logs: io.Stri
     log.warning("login failed: password=%s user=ada", password)
     log.warning('body {"password": "%s"}', password)
     log.warning("server answered %r", leased)
+    basic = base64.b64encode(f"ada@corp.example:{leased}".encode()).decode()
+    log.warning("sent headers {'Authorization': 'Basic %s'}", basic)
     try:
         raise RuntimeError(f"IMAP LOGIN ada {leased} refused")
     except RuntimeError:
         log.exception("sync failed")
     out = json_logs.getvalue()
-    assert out.count("\n") == 6
-    for secret in (password, leased, jwt, jwt.split(".")[2]):
+    assert out.count("\n") == 7
+    for secret in (password, leased, jwt, jwt.split(".")[2], basic):
         assert secret not in out
     assert "[REDACTED" in out

@@ -33,8 +33,11 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# Every benchmark, each with its raw baseline in the same run (bench/sync.py at its default
+# 1,000 accounts; the README's 10,000-account figure: `bench/sync.py --accounts 10000`).
+BENCHES = pipeline authz sender sync import offboarding
 bench: install
-	$(PY) bench/pipeline.py
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mailroom .mypy_cache .ruff_cache .pytest_cache

@@ -30,6 +30,7 @@ class Credential:
     secret: SecretStr
     auth_mode: str = "password"
     expires_at: float = float("inf")  # time.monotonic()
+    version: int = 0  # the registry's credential version (0: not known)
 
 
 class CredentialSource(Protocol):
@@ -67,7 +68,13 @@ class RegistryCredentials:
             raise SyncError("auth", detail) from None
         self.leases += 1
         ttl = (lease.lease_expires_at.timestamp() - time.time()) - self._margin_s
-        cred = Credential(lease.username, lease.secret, lease.auth_mode, time.monotonic() + ttl)
+        cred = Credential(
+            lease.username,
+            lease.secret,
+            lease.auth_mode,
+            time.monotonic() + ttl,
+            lease.credential_version,
+        )
         self._cache[key] = cred
         return cred
 
@@ -80,10 +87,14 @@ class StaticCredentials:
 
     def __init__(self, entries: dict[tuple[str, str], tuple[str, str]] | None = None) -> None:
         self.entries = dict(entries or {})
+        self.versions: dict[tuple[str, str], int] = {}
         self.calls = 0
 
-    def set(self, tenant_id: str, account_id: str, username: str, secret: str) -> None:
+    def set(
+        self, tenant_id: str, account_id: str, username: str, secret: str, version: int = 0
+    ) -> None:
         self.entries[(tenant_id, account_id)] = (username, secret)
+        self.versions[(tenant_id, account_id)] = version
 
     async def get(self, tenant_id: str, account_id: str, *, refresh: bool = False) -> Credential:
         self.calls += 1
@@ -91,7 +102,8 @@ class StaticCredentials:
             user, secret = self.entries[(tenant_id, account_id)]
         except KeyError:
             raise SyncError("auth", "no credential for this account") from None
-        return Credential(user, SecretStr(secret))
+        version = self.versions.get((tenant_id, account_id), 0)
+        return Credential(user, SecretStr(secret), version=version)
 
     def forget(self, tenant_id: str, account_id: str) -> None:
         return None

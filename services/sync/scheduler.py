@@ -213,7 +213,7 @@ class SyncEngine:
             return
         w.update(account)
         if event_name == "CredentialRotated":
-            w.credential_rotated()
+            w.credential_rotated(account.credential_version)
         elif event_name == "AccountReactivated":
             w.poke()
 
@@ -335,7 +335,7 @@ class SyncEngine:
         rotated = account.credential_version != w.account.credential_version
         w.update(account)
         if rotated:
-            w.credential_rotated()
+            w.credential_rotated(account.credential_version)
 
 
 class _HostGate:

@@ -49,6 +49,7 @@ class AccountWatcher(Recording):
         self.next_due = 0.0
         self.last_quota = -1e18
         self.logins = 0
+        self.login_version = 0  # the credential version of the open session
         self.polls = 0
         self.recorded: Recorded | None = None
         self.live_success_at: datetime | None = None
@@ -82,7 +83,12 @@ class AccountWatcher(Recording):
             self.poke()
         self.account = account
 
-    def credential_rotated(self) -> None:
+    def credential_rotated(self, version: int | None = None) -> None:
+        """A new credential version: log in again with it, unless the open session already
+        uses it (an OAuth2 token this watcher had refreshed after a refusal)."""
+        s = self.session
+        if version is not None and s is not None and s.alive and self.login_version >= version:
+            return
         self.engine.credentials.forget(*self.key)
         self.reconnect = True
         self.poke()
@@ -213,12 +219,14 @@ class AccountWatcher(Recording):
         cred = await self.engine.credentials.get(*self.key)
         async with self.engine.host_slot(server.host):
             try:
-                return await login(server, cred)
+                session = await login(server, cred)
             except SyncError as exc:
                 if exc.reason_class != "auth" or cred.auth_mode != "oauth2":
                     raise
                 cred = await self.engine.credentials.get(*self.key, refresh=True)
-                return await login(server, cred)
+                session = await login(server, cred)
+        self.login_version = cred.version
+        return session
 
     async def _login(self, server: Server, cred: Credential) -> ImapSession:
         self.logins += 1

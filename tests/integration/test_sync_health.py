@@ -21,6 +21,7 @@ from tests.integration.test_sync_support import (  # noqa: F401 -- fixtures
     sync_env,
 )
 from tests.support.dovecot import Dovecot
+from tests.support.stack import wait_until
 
 pytestmark = [pytest.mark.connected]
 
@@ -77,6 +78,33 @@ async def test_changed_password_is_auth_failed_without_a_tight_loop(
     await harness.rotate(acc, version=3)  # a new credential retries at once
     await harness.wait_state(acc, "online", timeout=5)
     await harness.wait_event("SyncRecovered", acc)
+
+
+async def test_a_rotation_the_open_session_already_uses_does_not_log_in_again(
+    harness: SyncHarness, dovecot: Dovecot
+) -> None:
+    """An OAuth2 token refreshed during a lease arrives as CredentialRotated after the watcher
+    logged in with it: the open session stays. A newer version logs in again."""
+    user, pw = dovecot.new_user()
+    acc = await harness.add_account(dovecot, user, pw, interval=1)
+    await harness.wait_state(acc, "online")
+    watcher = harness.engine.watchers[("acme", acc)]
+    harness.creds.set("acme", acc, user, pw, version=2)  # the next lease: version 2
+    await harness.rotate(acc, version=2)  # newer than the session's: logs in with it
+
+    async def on_version_2() -> bool:
+        s = watcher.session
+        return watcher.login_version == 2 and s is not None and s.alive
+
+    await wait_until(on_version_2)
+    logins = watcher.logins
+    await harness.rotate(acc, version=2)  # e.g. the refresh this session already leased
+    await settle(2.0)
+    assert watcher.logins == logins and watcher.login_version == 2
+    harness.creds.set("acme", acc, user, pw, version=3)
+    await harness.rotate(acc, version=3)
+    await settle(2.0)
+    assert watcher.logins == logins + 1 and watcher.login_version == 3
 
 
 async def test_tls_with_the_test_ca_and_untrusted_certificates(

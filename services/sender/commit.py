@@ -228,7 +228,8 @@ def outcome_writer(db: Database) -> Callable[[Tx, list[Outcome]], Awaitable[list
             await _mailboxes(tx, {(o.record.tenant_id, o.record.mailbox_id) for o in items})
             ids = [o.record.send_id for o in items]
             q = select(sends.c.send_id, sends.c.claim_token).where(sends.c.send_id.in_(ids))
-            tokens = dict((await tx.conn.execute(q.with_for_update())).tuples().all())
+            rows = (await tx.conn.execute(q.with_for_update())).all()
+            tokens: dict[str, str | None] = {row[0]: row[1] for row in rows}
             held = [o for o in items if tokens.get(o.record.send_id) == o.token]
         if held:
             params = [

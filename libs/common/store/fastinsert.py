@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import DateTime, Table, insert
@@ -76,10 +77,15 @@ async def insert_rows(
     prepared = _cache.get(cache_key)
     if prepared is None:
         prepared = _cache[cache_key] = _prepare(table, keys, dialect)
-    procs = prepared.processors
     order = prepared.keys
-    params = [
-        tuple(v if p is None else p(v) for p, v in zip(procs, [r[k] for k in order], strict=True))
-        for r in rows
-    ]
-    await conn.exec_driver_sql(prepared.sql, params)
+    if len(order) == 1:
+        key = order[0]
+        values: list[list[Any]] = [[r[key]] for r in rows]
+    else:
+        get = itemgetter(*order)
+        values = [list(get(r)) for r in rows]
+    processing = [(i, p) for i, p in enumerate(prepared.processors) if p is not None]
+    for row in values:
+        for i, p in processing:
+            row[i] = p(row[i])
+    await conn.exec_driver_sql(prepared.sql, [tuple(v) for v in values])

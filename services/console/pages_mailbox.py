@@ -149,10 +149,17 @@ def build_mailbox_router(console: Console) -> APIRouter:
         unfilled = bool(preview) and any(
             p.startswith("employee.") for p in (preview or {}).get("placeholders", [])
         )
+        address = ""
+        if not is_htmx(request):  # the whole page names the mailbox
+            account = await session.api.maybe(
+                session.api.get("registry", f"/v1/accounts/{mailbox_id}")
+            )
+            address = str((account or {}).get("address") or "")
         return console.page(
             request,
             session,
             "_signature_preview.html" if is_htmx(request) else "signature_preview.html",
+            address=address,
             preview=preview,
             problem=problem,
             unfilled_employee=unfilled,

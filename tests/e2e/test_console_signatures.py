@@ -136,6 +136,7 @@ def test_without_javascript_the_html_field_saves(console_stack: ConsoleStack, br
     )
     page.get_by_role("button", name="Preview", exact=True).click()
     page.get_by_role("heading", name="Signature preview").wait_for()
+    assert "signature of plain@acme.example" in page.locator("main").inner_text()
     assert flat(page.locator("[data-sig-text]").inner_text()) == "Nora Noscript plain@acme.example"
     removed = page.locator(".sig-removed").inner_text()
     assert "src on <img>" in removed

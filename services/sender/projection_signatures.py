@@ -4,51 +4,25 @@ HTML and derived text, placeholders still in them (filled per send, ``signatures
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.base import Event
 from libs.common.events.envelope import Envelope
-from libs.common.events.registry import (
-    AccountDeleted,
-    PersonalSignatureRemoved,
-    PersonalSignatureSet,
-    SignatureRemoved,
-    SignatureSet,
-)
+from libs.common.signature_rows import apply_signature_event
 from services.sender.tables import personal_signatures, signatures
 
 
 async def apply_signature(conn: AsyncConnection, env: Envelope, event: Event) -> None:
-    s, p = signatures, personal_signatures
-    on_mailbox = (s.c.tenant_id == env.tenant_id, s.c.mailbox_id == env.aggregate_id)
-    on_employee = (p.c.tenant_id == env.tenant_id, p.c.employee_id == env.aggregate_id)
-    match event:
-        case SignatureSet() | SignatureRemoved():
-            await conn.execute(delete(s).where(*on_mailbox, s.c.name == event.name))
-            if isinstance(event, SignatureSet):
-                await conn.execute(
-                    insert(s).values(
-                        tenant_id=env.tenant_id,
-                        mailbox_id=env.aggregate_id,
-                        name=event.name,
-                        html=event.html,
-                        text=event.text,
-                    )
-                )
-        case AccountDeleted():
-            await conn.execute(delete(s).where(*on_mailbox))
-        case PersonalSignatureSet() | PersonalSignatureRemoved():
-            await conn.execute(delete(p).where(*on_employee))
-            if isinstance(event, PersonalSignatureSet):
-                await conn.execute(
-                    insert(p).values(
-                        tenant_id=env.tenant_id,
-                        employee_id=env.aggregate_id,
-                        html=event.html,
-                        text=event.text,
-                    )
-                )
+    await apply_signature_event(
+        conn,
+        env,
+        event,
+        signatures=signatures,
+        mailbox_column="mailbox_id",
+        personal=personal_signatures,
+        extra=None,
+    )
 
 
 async def reset_signatures(conn: AsyncConnection) -> None:

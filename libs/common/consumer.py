@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,7 +66,7 @@ class BadMessage(Exception):
     """A message that can never be applied (garbage on the bus)."""
 
 
-_DECODED: dict[tuple[int, str, str], tuple[dict[str, str], bytes, Envelope]] = {}
+_DECODED: OrderedDict[tuple[int, str, str], tuple[dict[str, str], bytes, Envelope]] = OrderedDict()
 _DECODED_MAX = 8192
 
 
@@ -83,7 +84,8 @@ def decode_message(msg: Any, catalogue: Catalogue) -> Envelope:
         return hit[2]
     env = _decode(msg, catalogue)
     if len(_DECODED) >= _DECODED_MAX:
-        del _DECODED[next(iter(_DECODED))]  # the oldest
+        # the oldest; O(1), where ``del d[next(iter(d))]`` rescans the freed slots each time
+        _DECODED.popitem(last=False)
     _DECODED[key] = (dict(headers), bytes(msg.data), env)
     return env
 

@@ -18,6 +18,7 @@ CloudEvents headers, so both run a dozen times per message.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,31 @@ _HEADER_KEY = _client._HEADER_KEY_RE  # the token characters nats-py accepts
 
 
 def parse_header_lines(raw: bytes) -> dict[str, str]:
-    """Same result as nats-py's parser: ``Name: Value`` lines; names with whitespace skipped."""
+    """Same result as nats-py's parser: ``Name: Value`` lines; names with whitespace skipped.
+
+    Every consumer of a process gets its own delivery of an event with the same header block
+    (the embedded stack runs every service's consumers): a block parsed a moment ago is not
+    parsed again. Each caller gets its own dict."""
+    if type(raw) is not bytes:
+        return _parse(raw)
+    hit = _PARSED.get(raw)
+    if hit is not None:
+        return dict(hit)
+    out = _parse(raw)
+    _PARSED[raw] = out
+    if len(_PARSED) > _PARSED_MAX:
+        try:
+            _PARSED.popitem(last=False)  # the oldest
+        except KeyError:  # emptied meanwhile by another thread's client
+            pass
+    return dict(out)
+
+
+_PARSED: OrderedDict[bytes, dict[str, str]] = OrderedDict()
+_PARSED_MAX = 1024  # a few consumer batches (256 messages each)
+
+
+def _parse(raw: bytes) -> dict[str, str]:
     if not raw.isascii():
         return _ORIGINAL(raw)
     text = raw.decode("ascii")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.common.events import (
@@ -171,8 +172,27 @@ def test_subjects() -> None:
         event_subject("ac.me", "registry", "account", "a1", "AccountAdded")
     with pytest.raises(SubjectError):
         event_subject("acme", "registry", "account", "a>", "AccountAdded")
+    with pytest.raises(SubjectError, match="aggregate id"):
+        event_subject("acme", "registry", "account", "", "AccountAdded")
+    with pytest.raises(SubjectError, match="event"):
+        event_subject("acme", "registry", "account", "a1", "Added\n")
     assert subject_matches("mailroom.>", s)
     assert subject_matches("mailroom.*.registry.>", s)
     assert not subject_matches("mailroom.*.authz.>", s)
     assert subject_matches("mailroom.acme.registry.account.*.AccountAdded", s)
     assert not subject_matches("mailroom.acme", s)
+
+
+_PART = st.text(alphabet="aZ09_-. >*\n\u00e9", max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(_PART, _PART, _PART, _PART, _PART))
+def test_event_subject_accepts_exactly_five_valid_tokens(parts: tuple[str, ...]) -> None:
+    """The whole-subject check agrees with checking each token on its own."""
+    valid = all(re.fullmatch(r"[A-Za-z0-9_-]+", p) for p in parts)
+    if valid:
+        assert event_subject(*parts) == ".".join(("mailroom", *parts))
+    else:
+        with pytest.raises(SubjectError):
+            event_subject(*parts)

@@ -72,3 +72,22 @@ def test_header_block_round_trips_and_refuses_line_breaks() -> None:
         natsfast.header_block({"k": "a\r\nInjected: 1"})
     with pytest.raises(ValueError, match="invalid header name"):
         natsfast.header_block({"bad name": "v"})
+
+
+def test_a_block_parsed_again_gives_an_equal_dict_of_its_own() -> None:
+    """Consumers of one process get the same header block: the second parse is a lookup, and
+    no caller's changes reach another's dict."""
+    raw = b"ce-id: 0193-x\r\nce-type: mailroom.registry.EmployeeAdded.v1\r\n"
+    first = natsfast.parse_header_lines(raw)
+    first["ce-id"] = "changed"
+    second = natsfast.parse_header_lines(bytes(raw))
+    assert second == {"ce-id": "0193-x", "ce-type": "mailroom.registry.EmployeeAdded.v1"}
+    assert second is not first
+    assert natsfast.parse_header_lines(bytearray(raw)) == ORIGINAL(bytes(raw))
+
+
+def test_the_parsed_blocks_kept_are_bounded() -> None:
+    for i in range(natsfast._PARSED_MAX + 50):
+        assert natsfast.parse_header_lines(f"k: {i}\r\n".encode()) == {"k": str(i)}
+    assert len(natsfast._PARSED) == natsfast._PARSED_MAX
+    assert b"k: 0\r\n" not in natsfast._PARSED  # the oldest went first

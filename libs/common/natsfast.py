@@ -84,15 +84,34 @@ def install() -> None:
 def header_block(headers: dict[str, str]) -> bytes:
     """The ``NATS/1.0`` header block of a message; ValueError for a name or value nats-py
     would reject or rewrite (CR/LF in a value)."""
-    parts = ["NATS/1.0\r\n"]
+    parts = [BLOCK_START]
     for name, value in headers.items():
-        if not _HEADER_KEY.fullmatch(name):
-            raise ValueError(f"invalid header name {name!r}")
+        if name not in _VALID_NAMES:
+            if not _HEADER_KEY.fullmatch(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if len(_VALID_NAMES) < 4096:  # names are a few constants; bounded all the same
+                _VALID_NAMES.add(name)
         if "\r" in value or "\n" in value:
             raise ValueError(f"header {name} holds a line break")
         parts.append(f"{name}: {value.strip()}\r\n")
     parts.append("\r\n")
     return "".join(parts).encode()
+
+
+BLOCK_START = "NATS/1.0\r\n"
+_VALID_NAMES: set[str] = set()
+
+
+def with_headers(block: bytes, extra: dict[str, str]) -> bytes:
+    """``block`` (from :func:`header_block`) with more headers at its end (same checks)."""
+    return block[:-2] + header_block(extra)[len(BLOCK_START) :]
+
+
+def headers_of_block(block: bytes) -> dict[str, str]:
+    """The headers of a block from :func:`header_block`, as nats-py hands them to a receiver."""
+    if not block.startswith(BLOCK_START.encode()):
+        raise ValueError("not a NATS/1.0 header block")
+    return parse_header_lines(block[len(BLOCK_START) :])
 
 
 async def publish_with_header_block(

@@ -8,6 +8,11 @@ ids; the relay then publishes that batch message by message (pipelined), where e
 dropped on its own. There, only the acknowledged prefix is deleted: the relay retries from the
 first unacknowledged row, so the stream never gets a later event of an aggregate before an
 earlier one. While NATS is down, events wait in the outbox.
+
+Each row holds the NATS header block its event is published with, encoded once at commit
+(``Envelope.header_block``); the relay appends the batch headers and, while tracing, re-encodes
+with the publish span's ``traceparent``. Rows written as JSON headers (before 2026-11-22) are read
+too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 
-from libs.common.natsfast import header_block, publish_with_header_block
+from libs.common.natsfast import (
+    BLOCK_START,
+    header_block,
+    headers_of_block,
+    publish_with_header_block,
+    with_headers,
+)
 from libs.common.store.database import Database
 from libs.common.telemetry import Publishing
 
@@ -31,6 +42,25 @@ log = logging.getLogger("mailroom.outbox")
 # 10201 a message id of the batch is a duplicate (an earlier attempt was stored),
 # 10174/10199/10200 atomic publish disabled / batch incomplete / too large.
 _BATCH_REFUSED = {10201, 10174, 10199, 10200}
+
+
+def row_headers(text: str) -> dict[str, str]:
+    """An outbox row's headers: a NATS header block (what the event store writes), or the JSON
+    object rows written before 2026-11-22 hold."""
+    if text.startswith(BLOCK_START):
+        return headers_of_block(text.encode())
+    headers: dict[str, str] = json.loads(text)
+    return headers
+
+
+def _row_block(row: Any, obs: Publishing, extra: dict[str, str]) -> bytes:
+    """The header block to publish a row with, plus ``extra`` headers. The stored block is
+    used as it is unless tracing adds a ``traceparent`` (or the row is an old JSON one)."""
+    if not obs.tracing and row.headers.startswith(BLOCK_START):
+        return with_headers(row.headers.encode(), extra)
+    headers = obs.headers(row)
+    headers.update(extra)
+    return header_block(headers)
 
 
 class OutboxRelay:
@@ -95,13 +125,13 @@ class OutboxRelay:
         batch_id = uuid.uuid4().hex
         last = len(rows)
         for i, row in enumerate(rows, 1):
-            headers = obs.headers(row)
-            headers["Nats-Batch-Id"] = batch_id
-            headers["Nats-Batch-Sequence"] = str(i)
+            extra = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
             if i < last:
-                block = header_block(headers)
+                block = _row_block(row, obs, extra)
                 await publish_with_header_block(nc, row.subject, row.body, block)
                 continue
+            headers = obs.headers(row)
+            headers.update(extra)
             headers["Nats-Batch-Commit"] = "1"
             reply = await nc.request(
                 row.subject, row.body, headers=headers, timeout=self.ack_timeout
@@ -142,7 +172,7 @@ class OutboxRelay:
         if not rows:
             return 0
         if len(rows) >= self.atomic_min:
-            obs = Publishing(rows, json.loads)  # spans and counts (libs.common.telemetry)
+            obs = Publishing(rows, row_headers)  # spans and counts (libs.common.telemetry)
             try:
                 stored = await self._publish_atomic(rows, obs)
             except BaseException as exc:
@@ -154,7 +184,7 @@ class OutboxRelay:
                 self.published += len(rows)
                 return len(rows)
             obs.done(0, RuntimeError("atomic batch refused"))
-        obs = Publishing(rows, json.loads)
+        obs = Publishing(rows, row_headers)
         futures = []
         error: BaseException | None = None
         for row in rows:

@@ -163,6 +163,11 @@ class Publishing:
         self._loads = loads
         self._spans: list[Span] = []
 
+    @property
+    def tracing(self) -> bool:
+        """Whether :meth:`headers` adds a ``traceparent`` (publish spans are on)."""
+        return bool(_state["enabled"])
+
     def headers(self, row: Any) -> dict[str, str]:
         headers = self._loads(row.headers)
         if not _state["enabled"]:

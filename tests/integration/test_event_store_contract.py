@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, s
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events import Envelope
+from libs.common.outbox import row_headers
 from libs.common.store.database import Database
 from libs.common.store.eventstore import ConcurrencyError
 from tests.support.events import employee_events, many_aggregates
@@ -117,7 +117,7 @@ class EventStoreContract:
                 await conn.execute(select(db.tables.outbox).order_by(db.tables.outbox.c.seq))
             ).all()
         assert [r.event_id for r in rows] == [e.id for e in events]
-        headers = json.loads(rows[0].headers)
+        headers = row_headers(rows[0].headers)
         assert headers["Nats-Msg-Id"] == events[0].id
         assert headers["ce-type"] == "mailroom.registry.EmployeeAdded.v1"
 

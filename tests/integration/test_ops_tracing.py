@@ -13,13 +13,17 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from sqlalchemy import func, select
+from sqlalchemy import MetaData, func, select
 
 from libs.common import telemetry
 from libs.common.leases import lease_credential
-from libs.common.nats import connect
+from libs.common.nats import connect, ensure_streams
 from libs.common.natsserver import NatsServer
+from libs.common.outbox import OutboxRelay
+from libs.common.store.database import Database
+from libs.common.subjects import STREAM
 from services.audit.tables import entries
+from tests.support.events import many_aggregates
 from tests.support.registry import imap_account, stop
 from tests.support.stack import start_stack, wait_until
 
@@ -206,3 +210,38 @@ def test_events_emitted_while_applying_continue_their_causes_trace(
         assert effect.traceparent.split("-")[1] == cause.traceparent.split("-")[1]  # same trace
         parent = finished[int(effect.traceparent.split("-")[2], 16)]
         assert parent.name == "registry.employee.EmployeeOffboarded process"
+
+
+async def test_a_batch_published_atomically_carries_each_publish_span(
+    tmp_path: Path, nats_server: NatsServer, spans: InMemorySpanExporter
+) -> None:
+    """40 events of one commit go out as one atomic batch: each stored message names its own
+    publish span as parent, and keeps every CloudEvents header of its event."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}", MetaData())
+    await db.create_all()
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    relay = OutboxRelay(db, js)
+    events = many_aggregates(40)
+    try:
+        async with db.transaction() as tx:
+            await tx.append(events)
+        assert await relay.drain_once() == 40
+        sub = await js.subscribe("mailroom.>", stream=STREAM, ordered_consumer=True)
+        msgs = [await sub.next_msg(timeout=5) for _ in events]
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+        await db.dispose()
+    publish = {
+        sp.context.span_id: sp for sp in spans.get_finished_spans() if sp.name.endswith("publish")
+    }
+    assert len(publish) == 40
+    for m, e in zip(msgs, events, strict=True):
+        assert m.headers is not None
+        assert {k: m.headers[k] for k in e.to_headers()} == e.to_headers()
+        span = publish[int(m.headers["traceparent"].split("-")[2], 16)]
+        assert span.attributes is not None
+        assert span.attributes["messaging.message.id"] == e.id
+        assert span.attributes["messaging.batch.message_count"] == 40

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, func, select, text
+from sqlalchemy import MetaData, func, insert, select, text
 
 from libs.common.nats import connect, ensure_streams
 from libs.common.natsserver import NatsServer
@@ -213,3 +213,31 @@ async def test_garbage_on_the_bus_is_dead_lettered_never_applied(
 async def _dlq(js: Any, n: int) -> list[Any] | None:
     msgs = await stream_messages(js, "mailroom-dlq.>", DLQ_STREAM)
     return msgs if len(msgs) >= n else None
+
+
+async def test_outbox_rows_with_json_headers_are_still_published(producer: Producer) -> None:
+    """Rows an earlier version wrote (headers as a JSON object, not a header block) go out
+    with the same headers as new rows, in one atomic batch and one by one: an upgrade with
+    events waiting in the outbox loses nothing."""
+    ob = producer.db.tables.outbox
+    sent: list[Any] = []
+    for n_old in (40, 2):  # 40 + 3 rows: an atomic batch; 2 + 3: published one by one
+        old, new = many_aggregates(n_old), many_aggregates(3)
+        rows = [
+            {"event_id": e.id, "subject": e.nats_subject, "headers": json.dumps(e.to_headers()),
+             "body": e.body()}
+            for e in old
+        ]  # fmt: skip
+        async with producer.db.write() as conn:
+            await conn.execute(insert(ob), rows)
+        await producer.write(new)  # wakes the relay
+        sent += old + new
+        total = len(sent)
+        await wait_until(lambda: _published(producer, total), timeout=5)  # noqa: B023
+    msgs = await stream_messages(producer.js)
+    assert [m.headers["Nats-Msg-Id"] for m in msgs] == [e.id for e in sent]
+    for m, e in zip(msgs, sent, strict=True):
+        expected = e.to_headers()
+        assert {k: v for k, v in m.headers.items() if k in expected} == expected
+        assert json.loads(m.data) == e.data
+    assert await producer.relay.depth() == 0

@@ -91,3 +91,15 @@ def test_the_parsed_blocks_kept_are_bounded() -> None:
         assert natsfast.parse_header_lines(f"k: {i}\r\n".encode()) == {"k": str(i)}
     assert len(natsfast._PARSED) == natsfast._PARSED_MAX
     assert b"k: 0\r\n" not in natsfast._PARSED  # the oldest went first
+
+
+def test_headers_appended_to_a_block_read_back_as_nats_py_reads_them() -> None:
+    block = natsfast.header_block({"Nats-Msg-Id": "x1", "ce-actor": "admin:é"})
+    more = natsfast.with_headers(block, {"Nats-Batch-Id": "b", "Nats-Batch-Sequence": "2"})
+    assert natsfast.headers_of_block(more) == {
+        "Nats-Msg-Id": "x1", "ce-actor": "admin:é", "Nats-Batch-Id": "b", "Nats-Batch-Sequence": "2"
+    }  # fmt: skip
+    with pytest.raises(ValueError):
+        natsfast.with_headers(block, {"bad name": "v"})
+    with pytest.raises(ValueError):
+        natsfast.headers_of_block(b"k: v\r\n\r\n")

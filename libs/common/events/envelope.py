@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from libs.common import natsfast
 from libs.common.events.base import CATALOGUE, Catalogue, Event, EventDecodeError
 from libs.common.ids import new_id
 from libs.common.subjects import event_subject
@@ -130,6 +131,11 @@ class Envelope(BaseModel):
         if self.traceparent:
             headers["traceparent"] = self.traceparent
         return headers
+
+    def header_block(self) -> str:
+        """The NATS header block the event is published with, as the outbox stores it
+        (ValueError for a value with a line break: refused at commit, not at publish)."""
+        return natsfast.header_block(self.to_headers()).decode()
 
     def body(self) -> bytes:
         return json.dumps(self.data, separators=(",", ":"), sort_keys=True).encode()

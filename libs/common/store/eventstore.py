@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -128,7 +127,7 @@ class EventStore:
                 {
                     "event_id": e.id,
                     "subject": e.nats_subject,
-                    "headers": json.dumps(e.to_headers()),
+                    "headers": e.header_block(),  # encoded once, here (outbox.py)
                     "body": e.body(),
                 }
             )

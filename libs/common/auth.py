@@ -136,7 +136,15 @@ class ClaimMap:
         if not TENANT_ID.match(tenant):
             raise Forbidden("the token's tenant is not a valid tenant id", code="invalid_tenant")
         subject = claims.get(self.subject_claim)
-        if not isinstance(subject, str) or not subject or len(subject) > 128:
+        # The subject becomes the actor of events, which travels as a NATS header: no control
+        # characters (line breaks), no surrounding whitespace.
+        if (
+            not isinstance(subject, str)
+            or not subject
+            or len(subject) > 128
+            or not subject.isprintable()
+            or subject != subject.strip()
+        ):
             raise Unauthorized(
                 f"the token's {self.subject_claim!r} claim is missing or invalid",
                 code="invalid_token",

@@ -32,7 +32,9 @@ class LeaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     tenant_id: str = Field(min_length=1, max_length=64)
     account_id: str = Field(min_length=1, max_length=64)
-    service: str = Field(min_length=1, max_length=32, description="sync or sender")
+    service: str = Field(
+        min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9-]*$", description="sync or sender"
+    )  # the events' actor is ``service:<service>`` (a NATS header): a plain name only
     purpose: str = Field(min_length=1, max_length=200)
     refresh: bool = False
     """OAuth2: the access token was just refused; refresh it (once) instead of the cached one."""

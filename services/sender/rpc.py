@@ -33,7 +33,8 @@ class RpcSend(BaseModel):
     idempotency_key: str = Field(min_length=1, max_length=255)
     service: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9-]*$")
     on_behalf_of: str | None = Field(None, max_length=64)
-    correlation_id: str | None = Field(None, max_length=64)
+    # travels as the events' ce-correlationid header: visible ASCII, no spaces or line breaks
+    correlation_id: str | None = Field(None, max_length=64, pattern=r"^[\x21-\x7e]+$")
     wait: bool = True
     message: MessageIn
 

@@ -125,6 +125,9 @@ async def test_lease_refusals(registry_stack: Stack, nc: Any) -> None:
     assert json.loads(msg.data)["error"]["code"] == "invalid_request"
     msg = await nc.request(LEASE_SUBJECT, json.dumps({"tenant_id": "acme"}).encode(), timeout=5)
     assert json.loads(msg.data)["error"]["code"] == "invalid_request"
+    crlf = {"tenant_id": "acme", "account_id": a["id"], "service": "sync\r\nx: y", "purpose": "p"}
+    msg = await nc.request(LEASE_SUBJECT, json.dumps(crlf).encode(), timeout=5)
+    assert json.loads(msg.data)["error"]["code"] == "invalid_request"  # it would be a header
     r = await s.call("GET", "/v1/audit/events", params={"type": "CredentialAccessed"})
     assert r.json()["items"] == []  # a refused lease is no access
 

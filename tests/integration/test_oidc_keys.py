@@ -49,6 +49,12 @@ def test_claims_map_to_tenant_role_subject_and_scopes(idp: IdentityProvider) -> 
         401,
         "invalid_token",
     )
+    for bad in ("emp-1\r\nce-actor: admin:root", "emp\x00", " emp-1", "emp\u2028"):
+        assert refused(v, idp.token(kid, mailroom_tenant="acme", sub=bad)) == (
+            401, "invalid_token"
+        ), bad  # fmt: skip
+    p = v.verify(idp.token(kid, mailroom_tenant="acme", sub="Zoë Müller"))
+    assert p.actor == "employee:Zoë Müller"
     custom, _ = verifier(idp, tenant_claim="org", role_claim="roles", default_role="service")
     p = custom.verify(idp.token(kid, org="globex", sub="bot-1"))
     assert (p.tenant_id, p.subject, p.role) == ("globex", "bot-1", "service")

@@ -91,11 +91,21 @@ async def test_internal_services_send_over_nats(world: SenderWorld) -> None:
     assert len(world.smtpd.messages) == 1
     bad = json.loads((await nc.request(SEND_SUBJECT, b'{"tenant_id": "acme"}', 10)).data)
     assert bad["ok"] is False and bad["error"]["code"] == "invalid_request"
+    for corr in ("a\r\nce-actor: admin", "two words"):  # it would travel as a header
+        crlf = {**req, "idempotency_key": "crlf", "correlation_id": corr}
+        refused = json.loads((await nc.request(SEND_SUBJECT, json.dumps(crlf).encode(), 10)).data)
+        assert refused["ok"] is False and refused["error"]["code"] == "invalid_request", refused
+        assert "correlation_id" in refused["error"]["message"]
     other = {**req, "tenant_id": "evil", "idempotency_key": "x"}
     probe = json.loads((await nc.request(SEND_SUBJECT, json.dumps(other).encode(), 10)).data)
     assert probe["ok"] is False and probe["error"]["code"] == "not_found"
     [(name, _)] = await world.events(mb)
     assert name == "MessageSent"
+    traced = {**req, "idempotency_key": "corr", "correlation_id": "ticket-42"}
+    ok = json.loads((await nc.request(SEND_SUBJECT, json.dumps(traced).encode(), 10)).data)
+    assert ok["ok"] is True, ok
+    last = (await world.stack.host.service("sender").db.load("acme", mb))[-1]
+    assert last.event_name == "MessageSent" and last.correlation_id == "ticket-42"
 
 
 async def test_outcome_events_reach_the_audit_trail(world: SenderWorld) -> None:

@@ -90,3 +90,16 @@ def _cli_against(up: Up) -> None:
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert [e["data"]["name"] for e in lines] == ["Ada Lovelace", "Grace Hopper"]
+    with up.client() as c:  # a third event, of another type, after the two
+        grace = next(e for e in c.get("/v1/employees").json()["items"] if e["name"][0] == "G")
+        assert c.post(f"/v1/employees/{grace['id']}/offboard", json={}).status_code == 200
+    only = ("--from-start", "--count", "1", "--json", "--tenant", "demo", "--event")
+    out = _mailroom(up, "events", "tail", *only, "EmployeeOffboarded")
+    assert out.returncode == 0, out.stderr
+    [offboarded] = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert offboarded["aggregate_id"] == grace["id"]
+    assert offboarded["type"] == "mailroom.registry.EmployeeOffboarded.v1"
+    for bad in (("--tenant", "de.mo"), ("--event", "Employee Added"), ("--tenant", "demo",
+                "--subject", "mailroom.demo.>")):  # fmt: skip
+        out = _mailroom(up, "events", "tail", "--count", "1", *bad)
+        assert out.returncode == 2, (bad, out.stdout, out.stderr)

@@ -150,6 +150,8 @@ def audit_verify() -> None:
 @events_app.command("tail")
 def events_tail(
     subject: str = typer.Option("mailroom.>", help="Subject filter."),
+    tenant: str = typer.Option("", help="Only this tenant's events."),
+    event: str = typer.Option("", help="Only events of this name, e.g. AccountAdded."),
     from_start: bool = typer.Option(False, "--from-start", help="Replay the stream first."),
     count: int = typer.Option(0, help="Stop after this many events (0: run until Ctrl-C)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON envelope per line."),
@@ -157,6 +159,8 @@ def events_tail(
     """Print live events as they are published."""
     from libs.common.embedded import nats_url_file
 
+    if tenant or event:
+        subject = _tail_subject(subject, tenant, event)
     settings = _settings()
     url = settings.nats_url
     if not url and nats_url_file(settings).exists():
@@ -166,6 +170,21 @@ def events_tail(
         raise typer.Exit(2)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_tail(url, subject, from_start, count, as_json))
+
+
+def _tail_subject(subject: str, tenant: str, event: str) -> str:
+    """``mailroom.<tenant>.*.*.*.<event>`` for ``--tenant`` / ``--event`` (exit 2 on bad input)."""
+    from libs.common.subjects import SubjectError, event_subject
+
+    if subject != "mailroom.>":
+        console.print("[red]give --subject, or --tenant/--event, not both[/red]")
+        raise typer.Exit(2)
+    try:  # each given part must be a valid subject token ("x" stands in for the wildcards)
+        event_subject(tenant or "x", "x", "x", "x", event or "x")
+    except SubjectError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    return f"mailroom.{tenant or '*'}.*.*.*.{event or '*'}"
 
 
 async def _tail(url: str, subject: str, from_start: bool, count: int, as_json: bool) -> None:

@@ -11,6 +11,7 @@ out of date.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic.json_schema import models_json_schema
 
 from libs.common.events import CATALOGUE, Catalogue, Event
 from libs.common.leases import LEASE_SUBJECT, Lease, LeaseRequest
+from libs.common.rebuild import REPLAY_SUBJECT, ReplayReply, ReplayRequest
 from libs.common.subjects import DLQ_PREFIX, DLQ_STREAM, PREFIX, STREAM, rpc_subject
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -71,26 +73,22 @@ class LeaseReply(BaseModel):
     error: LeaseRefusal | None = None
 
 
-class ReplayRequest(BaseModel):
-    after: int = Field(0, ge=0)
-    limit: int = Field(1000, ge=1, le=10_000)
-
-
-class ReplayItem(BaseModel):
-    position: int
-    event: dict[str, Any] = Field(description="the envelope (CloudEvents JSON with data)")
-
-
-class ReplayReply(BaseModel):
-    events: list[ReplayItem]
-    last: int
-
-
-RPC: list[tuple[str, str, type[BaseModel], type[BaseModel]]] = [
+Contract = tuple[str, str, type[BaseModel], type[BaseModel]]
+RPC: list[Contract] = [
     (LEASE_SUBJECT, "A mailbox credential for sync or sender; audited.", LeaseRequest, LeaseReply),
     (rpc_subject("authz", "check"), "A permission check.", CheckRequest, CheckReply),
-    (rpc_subject("audit", "replay"), "Envelopes after a position.", ReplayRequest, ReplayReply),
+    (REPLAY_SUBJECT, "Envelopes after a position.", ReplayRequest, ReplayReply),
 ]
+# Contracts whose models live with their service (``CONTRACT`` of the module), loaded when the
+# document is built: libs never import services statically.
+SERVICE_RPC = ["services.registry.employee_status", "services.sender.rpc"]
+
+
+def contracts() -> list[Contract]:
+    """Every request-reply subject: the shared ones above and the services' own."""
+    own = [importlib.import_module(m).CONTRACT for m in SERVICE_RPC]
+    return [*RPC, *own]
+
 
 CE_HEADERS: dict[str, Any] = {
     "type": "object",
@@ -179,7 +177,8 @@ def _event_channel(cls: type[Event], ref: str) -> tuple[str, dict[str, Any], dic
 def build(catalogue: Catalogue = CATALOGUE) -> dict[str, Any]:
     """The whole document (deterministic: sorted by event name)."""
     events = catalogue.classes()
-    rpc_models = [m for _, _, req, rep in RPC for m in (req, rep)]
+    rpc = contracts()
+    rpc_models = [m for _, _, req, rep in rpc for m in (req, rep)]
     refs, defs = _schemas([*events, *rpc_models])
     defs["CloudEventsHeaders"] = CE_HEADERS
     channels: dict[str, Any] = {}
@@ -196,7 +195,7 @@ def build(catalogue: Catalogue = CATALOGUE) -> dict[str, Any]:
             "channel": {"$ref": f"#/channels/{cid}"},
             "messages": [{"$ref": f"#/channels/{cid}/messages/{cls.event_name}"}],
         }
-    for subject, summary, req, rep in RPC:
+    for subject, summary, req, rep in rpc:
         cid = subject.removeprefix("mailroom-rpc.")
         for suffix, model in (("request", req), ("reply", rep)):
             messages[f"{cid}.{suffix}"] = {

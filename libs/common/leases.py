@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from libs.common.errors import MailroomError, Unavailable
 from libs.common.events.registry import Server
 from libs.common.logs import remember_secret
-from libs.common.subjects import rpc_subject
+from libs.common.subjects import TENANT_PATTERN, rpc_subject
 
 LEASE_SUBJECT = rpc_subject("registry", "lease")
 LeaseService = Literal["sync", "sender"]
@@ -30,7 +30,7 @@ LeaseService = Literal["sync", "sender"]
 
 class LeaseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    tenant_id: str = Field(min_length=1, max_length=64)
+    tenant_id: str = Field(pattern=TENANT_PATTERN)
     account_id: str = Field(min_length=1, max_length=64)
     service: str = Field(
         min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9-]*$", description="sync or sender"

@@ -10,12 +10,52 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, insert, text
 
 from libs.common.consumer import Projection
 from libs.common.events.envelope import Envelope
 from libs.common.store.database import Database
 from libs.common.subjects import rpc_subject
+
+REPLAY_SUBJECT = rpc_subject("audit", "replay")
+
+
+class ReplayRequest(BaseModel):
+    """``mailroom-rpc.audit.replay``: every tenant's events after a position."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    after: int = Field(0, ge=0)
+    limit: int = Field(1000, ge=1, le=10_000)
+
+
+class ReplayItem(BaseModel):
+    position: int
+    event: dict[str, Any] = Field(description="the envelope (CloudEvents JSON with data)")
+
+
+class ReplayRefusal(BaseModel):
+    code: str
+    message: str
+
+
+class ReplayReply(BaseModel):
+    """The events and the last position, or (a malformed request) an ``error``."""
+
+    events: list[ReplayItem] = Field(default_factory=list)
+    last: int = 0
+    error: ReplayRefusal | None = None
+
+
+def parse_replay(body: bytes) -> ReplayRequest | dict[str, Any]:
+    """The request, or the reply that refuses it (``invalid_request``)."""
+    try:
+        return ReplayRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        refusal = ReplayRefusal(code="invalid_request", message=f"{where}: {first['msg']}")
+        return {"error": refusal.model_dump()}
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -46,8 +86,10 @@ async def rebuild_from_audit(
         after = 0
         while True:
             body = json.dumps({"after": after, "limit": page}).encode()
-            reply = await nc.request(rpc_subject("audit", "replay"), body, timeout=30)
+            reply = await nc.request(REPLAY_SUBJECT, body, timeout=30)
             data = json.loads(reply.data)
+            if data.get("error"):
+                raise RuntimeError(f"the audit store refused the replay: {data['error']}")
             events = [Envelope.model_validate(e["event"]) for e in data["events"]]
             wanted = [
                 e for e in events if subject_matches(projection.filter_subject, e.nats_subject)

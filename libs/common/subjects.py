@@ -18,6 +18,8 @@ DLQ_PREFIX = "mailroom-dlq"
 RPC_PREFIX = "mailroom-rpc"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+\Z")
+# A tenant id (a subject token of at most 64 characters), for pydantic ``pattern=`` fields
+TENANT_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class SubjectError(ValueError):

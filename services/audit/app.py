@@ -5,25 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
+from faststream.nats.annotations import NatsMessage
 
 from libs.common.authz_client import AuthzClient
 from libs.common.consumer import Projection
+from libs.common.rebuild import REPLAY_SUBJECT, parse_replay
 from libs.common.service import Runtime, Service
 from libs.common.settings import Settings
 from libs.common.store.database import Database
-from libs.common.subjects import PREFIX, rpc_subject
+from libs.common.subjects import PREFIX
 from services.audit import tables
 from services.audit.access import AuditAccess
 from services.audit.api import build_router
 from services.audit.repository import replay_all
 
 DURABLE = "audit"
-
-
-class ReplayRequest(BaseModel):
-    after: int = Field(0, ge=0)
-    limit: int = Field(1000, ge=1, le=10_000)
 
 
 @dataclass
@@ -47,9 +43,12 @@ def create_app(settings: Settings) -> AuditService:
         tables.APPEND_ONLY_POSTGRES if db.dialect == "postgresql" else tables.APPEND_ONLY_SQLITE
     )
 
-    @svc.nats.subscriber(rpc_subject("audit", "replay"), queue="audit")
-    async def replay(req: ReplayRequest) -> dict[str, Any]:
+    @svc.nats.subscriber(REPLAY_SUBJECT, queue="audit")
+    async def replay(msg: NatsMessage) -> dict[str, Any]:
         """Internal: every tenant's events after a position, for projection rebuilds."""
+        req = parse_replay(msg.body)
+        if isinstance(req, dict):  # malformed: refused (a typed argument would not answer)
+            return req
         async with db.read() as conn:
             rows = await replay_all(conn, req.after, req.limit)
         return {

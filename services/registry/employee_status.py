@@ -9,12 +9,12 @@ projections. Request ``{"tenant_id", "employee_id"}``; reply ``{"ok": true, "sta
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.common.store.database import Database
-from libs.common.subjects import rpc_subject
+from libs.common.subjects import TENANT_PATTERN, rpc_subject
 from services.registry.repository import RegistryRepository
 
 EMPLOYEE_SUBJECT = rpc_subject("registry", "employee")
@@ -22,8 +22,30 @@ EMPLOYEE_SUBJECT = rpc_subject("registry", "employee")
 
 class EmployeeStatusRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    tenant_id: str = Field(min_length=1, max_length=64)
+    tenant_id: str = Field(pattern=TENANT_PATTERN)
     employee_id: str = Field(min_length=1, max_length=64)
+
+
+class EmployeeStatusError(BaseModel):
+    code: str
+    message: str
+
+
+class EmployeeStatusReply(BaseModel):
+    """``{"ok": true, "status": …}`` or ``{"ok": false, "error": …}``."""
+
+    ok: bool
+    status: Literal["active", "offboarded", "unknown"] | None = None
+    error: EmployeeStatusError | None = None
+
+
+# (subject, summary, request, reply) for the AsyncAPI document (libs.common.asyncapi)
+CONTRACT = (
+    EMPLOYEE_SUBJECT,
+    "Whether an employee is active, exact the moment an offboarding answered 2xx.",
+    EmployeeStatusRequest,
+    EmployeeStatusReply,
+)
 
 
 async def serve_employee_status(db: Database, body: Any) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from libs.common.authz_client import AuthzClient
 from libs.common.service import Runtime, Service
 from libs.common.settings import Settings
 from libs.common.store.database import Database
-from libs.common.subjects import rpc_subject
 from services.sender import tables
 from services.sender.api import build_router
 from services.sender.autoreply_api import build_autoreply_router
@@ -35,12 +34,10 @@ from services.sender.offboarding import RegistryDirectory
 from services.sender.permissions import AuthzPermissions, Permissions
 from services.sender.ports import Wiring
 from services.sender.projection import registry_projection
-from services.sender.rpc import serve_send
+from services.sender.rpc import SEND_SUBJECT, serve_send
 from services.sender.settings import SenderSettings
 from services.sender.signatures import ProjectedSignatures
 from services.sender.worker import Dispatcher
-
-SEND_SUBJECT = rpc_subject("sender", "send")
 
 
 @dataclass

@@ -20,15 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from libs.common.errors import MailroomError
 from libs.common.ids import new_id
+from libs.common.subjects import TENANT_PATTERN, rpc_subject
 from services.sender.api import render
 from services.sender.handlers import SenderHandlers
-from services.sender.models import MessageIn
+from services.sender.models import MessageIn, SendOut
 from services.sender.ports import Requester
+
+SEND_SUBJECT = rpc_subject("sender", "send")
 
 
 class RpcSend(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tenant_id: str = Field(min_length=1, max_length=64)
+    tenant_id: str = Field(pattern=TENANT_PATTERN)
     mailbox_id: str = Field(min_length=1, max_length=64)
     idempotency_key: str = Field(min_length=1, max_length=255)
     service: str = Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9-]*$")
@@ -37,6 +40,26 @@ class RpcSend(BaseModel):
     correlation_id: str | None = Field(None, max_length=64, pattern=r"^[\x21-\x7e]+$")
     wait: bool = True
     message: MessageIn
+
+
+class RpcError(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class SendReply(BaseModel):
+    """``{"ok": true, "send": …, "replayed": …}`` or ``{"ok": false, "error": …}``."""
+
+    ok: bool
+    send: SendOut | None = None
+    replayed: bool | None = Field(None, description="an earlier send with this idempotency key")
+    error: RpcError | None = None
+
+
+# (subject, summary, request, reply) for the AsyncAPI document (libs.common.asyncapi)
+CONTRACT = (SEND_SUBJECT, "Send mail for an internal service (e.g. an autoresponder).",
+            RpcSend, SendReply)  # fmt: skip
 
 
 def _error(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -8,6 +8,11 @@
 Latency: commit → audit persistence, paced at a fixed rate.
 
     python bench/pipeline.py [--events 20000] [--rate 1000] [--seconds 5] [--json]
+        [--postgres postgresql+asyncpg://USER@HOST/DB]
+
+The embedded default stores in SQLite files. With ``--postgres`` (a database the user may
+``CREATE DATABASE`` from) every service gets its own fresh PostgreSQL database instead, as in
+production; they are dropped afterwards.
 """
 
 from __future__ import annotations
@@ -55,6 +60,31 @@ def run_on_service_loop(coro: Any, choice: str) -> Any:
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coro)
+
+
+def db_url(data: Path, name: str, template: str | None) -> str:
+    """The database of ``name``: SQLite in ``data``, or ``template`` with ``{service}``."""
+    if template:
+        return template.replace("{service}", name)
+    return f"sqlite+aiosqlite:///{data / f'{name}.db'}"
+
+
+async def pg_databases(base: str, names: Sequence[str]) -> tuple[str, Any]:
+    """Fresh databases ``<prefix>_<name>`` next to ``base``; (URL template, drop coroutine fn)."""
+    import asyncpg
+
+    admin = await asyncpg.connect(base.replace("postgresql+asyncpg://", "postgresql://"))
+    prefix = f"mrbench_{new_id().replace('-', '')[-10:]}"
+    for name in names:
+        await admin.execute(f'CREATE DATABASE "{prefix}_{name}"')
+
+    async def drop() -> None:
+        for name in names:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{prefix}_{name}" WITH (FORCE)')
+        await admin.close()
+
+    root, _, _ = base.rpartition("/")
+    return f"{root}/{prefix}_{{service}}", drop
 
 
 def pct(values: list[float], q: float) -> float:
@@ -114,12 +144,13 @@ class Sink:
 class Writer:
     """The writing service: commands through the event store, and its outbox relay."""
 
-    def __init__(self, url: str, data: Path) -> None:
+    def __init__(self, url: str, data: Path, db_template: str | None = None) -> None:
         self.url = url
         self.data = data
+        self.db_template = db_template
 
     async def start(self) -> None:
-        self.db = Database(f"sqlite+aiosqlite:///{self.data / 'producer.db'}", MetaData())
+        self.db = Database(db_url(self.data, "producer", self.db_template), MetaData())
         await self.db.create_all()
         self.nc = await connect(self.url, name="bench-producer")
         await ensure_streams(self.nc.jetstream())
@@ -172,18 +203,21 @@ class MailroomPath:
     service as its own process, as each service runs as a pod). perf_counter is the system's
     monotonic clock, so commit and audit times of two processes compare."""
 
-    def __init__(self, url: str, data: Path, writer_process: bool = False) -> None:
+    def __init__(
+        self, url: str, data: Path, writer_process: bool = False, db_template: str | None = None
+    ) -> None:
         self.url = url
         self.data = data
+        self.db_template = db_template
         self.audit_done: dict[str, float] = {}
         self.sink_count = 0
         self.loop_cpu_us = 0.0
         self.writer_process = writer_process
 
     async def start(self) -> None:
-        settings = Settings(data_dir=self.data)
+        settings = Settings(data_dir=self.data, database_url=self.db_template)
         sink = Sink()
-        sink_db = Database(f"sqlite+aiosqlite:///{self.data / 'sink.db'}", sink.metadata)
+        sink_db = Database(db_url(self.data, "sink", self.db_template), sink.metadata)
         sink_svc = Service(
             "sink", sink_db, settings, writes_events=False,
             projections=[Projection("sink", "mailroom.*.registry.>", sink.apply)],
@@ -195,12 +229,13 @@ class MailroomPath:
         if self.writer_process:
             self.child = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "--writer", self.url, str(self.data),
+                self.db_template or "-",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 limit=1 << 26,  # the paced run's commit times come back as one JSON line
             )  # fmt: skip
             await self._from_child()  # "ready"
         else:
-            self.writer = Writer(self.url, self.data)
+            self.writer = Writer(self.url, self.data, self.db_template)
             await self.writer.start()
 
     async def _to_child(self, *words: object) -> None:
@@ -271,10 +306,10 @@ class MailroomPath:
         await self.host.stop()
 
 
-async def writer_child(url: str, data: Path) -> None:
-    """``pipeline.py --writer URL DIR``: the writer, driven by lines on stdin, answering JSON."""
+async def writer_child(url: str, data: Path, db_template: str | None) -> None:
+    """``pipeline.py --writer URL DIR DB``: the writer, driven by lines on stdin, answering JSON."""
     sys.setswitchinterval(Settings().gil_switch_interval_s)  # as a service host does
-    writer = Writer(url, data)
+    writer = Writer(url, data, db_template)
     await writer.start()
     tune_gc(Settings().gc_gen0_threshold)
     loop = asyncio.get_running_loop()
@@ -298,14 +333,21 @@ async def writer_child(url: str, data: Path) -> None:
 
 
 async def measure(url: str, data: Path, args: argparse.Namespace, child: bool) -> dict[str, Any]:
-    path = MailroomPath(url, data, writer_process=child)
-    await path.start()
+    template, drop = None, None
+    if args.postgres:
+        template, drop = await pg_databases(args.postgres, ["producer", "sink", "audit"])
+    path = MailroomPath(url, data, writer_process=child, db_template=template)
     try:
-        await path.throughput(min(2000, args.events), args.concurrency)  # warm-up
-        e2e = await path.throughput(args.events, args.concurrency)
-        lat = await path.latency(args.rate, args.seconds)
+        await path.start()
+        try:
+            await path.throughput(min(2000, args.events), args.concurrency)  # warm-up
+            e2e = await path.throughput(args.events, args.concurrency)
+            lat = await path.latency(args.rate, args.seconds)
+        finally:
+            await path.stop()
     finally:
-        await path.stop()
+        if drop is not None:
+            await drop()
     return {
         "e2e": e2e, "p50": pct(lat, 0.50), "p99": pct(lat, 0.99), "samples": len(lat),
         "loop_cpu_us": path.loop_cpu_us,
@@ -338,6 +380,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "writer_process_ratio": round(two["e2e"] / raw, 3),
         "writer_process_commit_to_audit_p50_ms": round(two["p50"], 2),
         "writer_process_commit_to_audit_p99_ms": round(two["p99"], 2),
+        "database": "postgresql" if args.postgres else "sqlite",
         "latency_rate_per_s": args.rate,
         "latency_samples": one["samples"],
         "events": args.events,
@@ -349,6 +392,7 @@ def table(r: dict[str, Any]) -> str:
     rate = r["latency_rate_per_s"]
     rows = [
         ("event loop (both paths)", str(r.get("loop", "asyncio"))),
+        ("services' databases", str(r["database"])),
         ("raw JetStream publish+fetch/ack", f"{r['raw_events_per_s']:,.0f} events/s"),
     ]
     for label, p in (("one process", ""), ("writer in its own process", "writer_process_")):
@@ -385,10 +429,16 @@ if __name__ == "__main__":
         help="auto: what `mailroom up` runs on (uvloop when installed)",
     )
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--writer", nargs=2, metavar=("NATS_URL", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="every service on its own fresh PostgreSQL database (created next to URL's)",
+    )
+    parser.add_argument("--writer", nargs=3, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.writer:
-        run_on_service_loop(writer_child(ns.writer[0], Path(ns.writer[1])), ns.loop)
+        template = None if ns.writer[2] == "-" else ns.writer[2]
+        run_on_service_loop(writer_child(ns.writer[0], Path(ns.writer[1]), template), ns.loop)
         sys.exit(0)
     result = run_on_service_loop(main(ns), ns.loop)
     result["loop"] = loop_in_use(ns.loop)

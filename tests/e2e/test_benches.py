@@ -8,11 +8,14 @@ Each script starts its own real parts (nats-server from the wheel, Dovecot, aios
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.infra import PG_URL_ENV, unavailable
 
 pytestmark = [pytest.mark.connected, pytest.mark.e2e]
 
@@ -72,3 +75,20 @@ def test_bench_prints_a_table_then_one_json_object(name: str, tmp_path: Path) ->
     assert [k for k in keys if k not in figures] == []
     table = lines[:-1]
     assert len(table) >= 3, done.stdout  # a header and rows before the JSON line
+
+
+def test_pipeline_bench_on_postgres(tmp_path: Path) -> None:
+    """``--postgres``: each service on its own fresh database, dropped afterwards."""
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        unavailable(f"the PostgreSQL bench needs {PG_URL_ENV}")
+    assert base is not None
+    args, keys = TINY["pipeline"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pipeline.py"), *args, "--postgres", base, "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["database"] == "postgresql"
+    assert [k for k in keys if k not in figures] == []

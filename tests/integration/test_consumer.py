@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +52,13 @@ class Names:
         )
 
 
-@pytest.fixture
-async def consumer_host(
-    tmp_path: Path, nats_server: NatsServer
+@asynccontextmanager
+async def _names_host(
+    tmp_path: Path, nats_server: NatsServer, url: str
 ) -> AsyncIterator[tuple[Host, Names]]:
     settings = Settings(data_dir=tmp_path, consumer_max_deliver=3, consumer_backoff_s=[0.05, 0.1])
     names = Names()
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", names.metadata)
+    db = Database(url, names.metadata)
     svc = Service(
         "names",
         db,
@@ -67,8 +68,18 @@ async def consumer_host(
     )
     host = Host([svc], settings, nats_server.url)
     await host.start()
-    yield host, names
-    await host.stop()
+    try:
+        yield host, names
+    finally:
+        await host.stop()
+
+
+@pytest.fixture
+async def consumer_host(
+    tmp_path: Path, nats_server: NatsServer
+) -> AsyncIterator[tuple[Host, Names]]:
+    async with _names_host(tmp_path, nats_server, f"sqlite+aiosqlite:///{tmp_path / 'c.db'}") as h:
+        yield h
 
 
 async def _rows(host: Host, names: Names) -> int:
@@ -107,7 +118,18 @@ async def _dlq(js: Any, n: int) -> list[Any] | None:
 async def test_redelivered_and_duplicated_events_apply_once(
     consumer_host: tuple[Host, Names],
 ) -> None:
-    host, names = consumer_host
+    await _applied_once(*consumer_host)
+
+
+async def test_redelivered_and_duplicated_events_apply_once_on_postgres(
+    tmp_path: Path, nats_server: NatsServer, pg_url: str
+) -> None:
+    """PostgreSQL looks the inbox up by its own query (``ProjectionConsumer._applied_already``)."""
+    async with _names_host(tmp_path, nats_server, pg_url) as (host, names):
+        await _applied_once(host, names)
+
+
+async def _applied_once(host: Host, names: Names) -> None:
     names.poison = "nobody"
     js: Any = host.runtime.js
     events = employee_events(5)

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from libs.common.events.base import CATALOGUE, Catalogue, EventDecodeError, UnknownEventType
@@ -33,6 +31,7 @@ from libs.common.natsfast import ack_all
 from libs.common.pull import PullLoop
 from libs.common.store.database import Database
 from libs.common.store.fastinsert import insert_rows
+from libs.common.store.keys import select_by_keys
 from libs.common.subjects import STREAM, dlq_subject
 from libs.common.telemetry import processing
 
@@ -69,11 +68,6 @@ class BadMessage(Exception):
 
 _DECODED: OrderedDict[tuple[int, str, str], tuple[dict[str, str], bytes, Envelope]] = OrderedDict()
 _DECODED_MAX = 8192
-
-_PG_APPLIED = text(
-    "SELECT i.event_id FROM unnest(:ids) AS x(id) "
-    "JOIN inbox AS i ON i.consumer = :consumer AND i.event_id = x.id"
-).bindparams(bindparam("ids", type_=ARRAY(String)))
 
 
 def decode_message(msg: Any, catalogue: Catalogue) -> Envelope:
@@ -243,17 +237,11 @@ class ProjectionConsumer:
     async def _applied_already(self, conn: AsyncConnection, ids: list[str]) -> set[str]:
         """Which of ``ids`` this consumer has applied (its inbox rows)."""
         inbox = self.db.tables.inbox
-        if conn.dialect.name == "postgresql":
-            # One primary-key lookup per id, whatever the planner knows: with ``event_id IN
-            # (...)`` a fresh (not yet analysed) inbox was read by ``consumer`` alone and every
-            # row of this consumer filtered — O(inbox) per batch (bench/pipeline.py --postgres).
-            rows = await conn.execute(_PG_APPLIED, {"consumer": self.name, "ids": ids})
-        else:
-            rows = await conn.execute(
-                select(inbox.c.event_id).where(
-                    inbox.c.consumer == self.name, inbox.c.event_id.in_(ids)
-                )
-            )
+        # one index probe per id on PostgreSQL, whatever the planner knows (store/keys.py)
+        q = select_by_keys(
+            inbox, inbox.c.event_id, ids, inbox.c.consumer == self.name, dialect=conn.dialect.name
+        )
+        rows = await conn.execute(q.with_only_columns(q.selected_columns.event_id))
         return set(rows.scalars())
 
     async def dead_letter(self, msg: Any, reason: str, delivered: int | None = None) -> None:

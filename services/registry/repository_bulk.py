@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, select
 
 from libs.common.events.registry import OrgMailSettings
+from libs.common.store.keys import plan_each_time, select_by_keys
 from services.registry.repository import (
     AccountRow,
     BlobRow,
@@ -41,10 +42,14 @@ class BulkRepository(RegistryRepository):
         """Accounts by ``address_key`` for the given keys."""
         t = accounts.c
         found: dict[str, AccountRow] = {}
+        await plan_each_time(self.conn)  # store/keys.py
         for chunk in _chunks(keys):
             rows = await self.conn.execute(
-                select(accounts).where(t.tenant_id == self.tenant_id, t.address_key.in_(chunk))
-            )
+                select_by_keys(
+                    accounts, t.address_key, chunk, t.tenant_id == self.tenant_id,
+                    dialect=self.conn.dialect.name,
+                )
+            )  # fmt: skip
             for r in rows:
                 found[r.address_key] = _account(r)
         return found
@@ -53,10 +58,14 @@ class BulkRepository(RegistryRepository):
         """Employees by ``email_key`` for the given keys."""
         t = employees.c
         found: dict[str, EmployeeRow] = {}
+        await plan_each_time(self.conn)  # store/keys.py
         for chunk in _chunks(keys):
             rows = await self.conn.execute(
-                select(employees).where(t.tenant_id == self.tenant_id, t.email_key.in_(chunk))
-            )
+                select_by_keys(
+                    employees, t.email_key, chunk, t.tenant_id == self.tenant_id,
+                    dialect=self.conn.dialect.name,
+                )
+            )  # fmt: skip
             for r in rows:
                 found[r.email_key] = _employee(r)
         return found

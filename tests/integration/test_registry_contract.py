@@ -21,6 +21,7 @@ from services.registry.handlers import Handlers, Idempotency, load_account
 from services.registry.handlers_credentials import CredentialHandlers, state_from_row
 from services.registry.projection import RegistryProjector
 from services.registry.repository import AccountFilter, RegistryRepository
+from services.registry.repository_bulk import IN_CHUNK, BulkRepository
 from services.registry.settings import KeyStore, RegistrySettings, load_keystore
 from services.registry.validation import Invalid, ServerSpec
 
@@ -263,6 +264,25 @@ class RegistryContract:
         with pytest.raises(MailroomError) as err:
             await h.update_employee(ACME, b, {}, status="offboarded", successor_id="nobody")
         assert err.value.code == "unknown_successor"
+
+    async def test_bulk_lookups_find_exactly_the_given_keys(
+        self, h: Handlers, db: Database
+    ) -> None:
+        """The import's set-at-a-time look-ups (an index probe per key on PostgreSQL, in chunks
+        of ``IN_CHUNK``): the tenant's own rows for the keys given, nothing else."""
+        await h.add_account(ACME, add("a@example.com"), SecretStr("x"))
+        await h.add_account(ACME, add("b@example.com"), SecretStr("x"))
+        await h.add_account(GLOBEX, add("c@example.com"), SecretStr("x"))
+        e = await h.add_employee(ACME, employees.AddEmployee("E", "e@example.com"))
+        many = [f"n{i}@example.com" for i in range(IN_CHUNK + 10)]
+        async with db.read() as conn:
+            repo = BulkRepository(conn, "acme")
+            found = await repo.accounts_by_key(
+                ["a@example.com", "c@example.com", *many, "a@example.com"]
+            )
+            people = await repo.employees_by_key(["e@example.com", "a@example.com"])
+        assert set(found) == {"a@example.com"} and found["a@example.com"].address == "a@example.com"
+        assert set(people) == {"e@example.com"} and people["e@example.com"].id == e
 
 
 class TestSQLiteRegistry(RegistryContract):

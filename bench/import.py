@@ -18,6 +18,10 @@ Each row: an IMAP account with its servers, a password (sealed), an owner by ema
 distinct employees, created on first use, with departments) and two forwarding addresses.
 
     python bench/import.py [--rows 1000] [--big 10000] [--tested 1000] [--concurrency 16] [--json]
+        [--postgres postgresql+asyncpg://USER@HOST/DB]
+
+With ``--postgres`` each run's registry gets its own fresh PostgreSQL database (created next to
+the URL's, dropped afterwards) instead of SQLite.
 
 ``--json`` prints one JSON object as the last line. The Dovecot run is skipped (and says so)
 when Dovecot is not installed.
@@ -77,13 +81,23 @@ def csv_file(n: int, servers: tuple[str, int, str, int] | None = None, users: An
     return ("\n".join(lines) + "\n").encode()
 
 
+POSTGRES: list[str] = []  # --postgres: the base URL
+_DROPS: list[Callable[[], Awaitable[None]]] = []
+
+
 async def start(tmp: Path, nats: NatsServer, **registry: Any) -> Stack:
     import httpx
 
     from libs.common.host import Host
     from services.registry import app as registry_app
 
-    settings = make_settings(tmp / "data", None, nats_url=nats.url)
+    template = None
+    if POSTGRES:
+        from pipeline import pg_databases
+
+        template, drop = await pg_databases(POSTGRES[0], ["registry"])
+        _DROPS.append(drop)
+    settings = make_settings(tmp / "data", template, nats_url=nats.url)
     svc = registry_app.create_app(settings, registry_settings=RegistrySettings(**registry))
     host = Host([svc], settings, nats.url)
     app = host.app()
@@ -293,8 +307,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 result[name] = got
     finally:
+        for drop in _DROPS:
+            await drop()
         nats.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+    result["database"] = "postgresql" if POSTGRES else "sqlite"
     return result
 
 
@@ -349,7 +366,10 @@ if __name__ == "__main__":
         "--only", default=",".join(GOALS), help="comma-separated runs: " + ", ".join(GOALS)
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--postgres", metavar="URL", help="the registry on fresh PostgreSQL DBs")
     ns = parser.parse_args()
+    if ns.postgres:
+        POSTGRES.append(ns.postgres)
     res = asyncio.run(main(ns))
     show(res)
     if ns.json:

@@ -77,15 +77,18 @@ def test_bench_prints_a_table_then_one_json_object(name: str, tmp_path: Path) ->
     assert len(table) >= 3, done.stdout  # a header and rows before the JSON line
 
 
-def test_pipeline_bench_on_postgres(tmp_path: Path) -> None:
-    """``--postgres``: each service on its own fresh database, dropped afterwards."""
+@pytest.mark.parametrize("name", ["pipeline", "import"])
+def test_bench_on_postgres(name: str, tmp_path: Path) -> None:
+    """``--postgres``: the services on fresh PostgreSQL databases, dropped afterwards."""
     base = os.environ.get(PG_URL_ENV)
     if not base:
-        unavailable(f"the PostgreSQL bench needs {PG_URL_ENV}")
+        unavailable(f"the PostgreSQL benches need {PG_URL_ENV}")
     assert base is not None
-    args, keys = TINY["pipeline"]
+    args, keys = TINY[name]
+    only = ["--only", "import_1k,import_10k"] if name == "import" else []
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "pipeline.py"), *args, "--postgres", base, "--json"],
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, *only, "--postgres", base,
+         "--json"],
         cwd=tmp_path, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

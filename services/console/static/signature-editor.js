@@ -82,7 +82,11 @@
     try { document.execCommand("styleWithCSS", false, false); } catch (e) { /* older engines */ }
     this.load(this.source.value);
 
-    this.area.addEventListener("input", function () { self.fromEditor(); });
+    // The caret is remembered as it moves (selectionchange, queued) and also at once after an
+    // edit and when focus leaves: Enter then Shift+Tab to the toolbar comes faster than the
+    // queued selectionchange, and a placeholder went in where the caret had been before Enter.
+    this.area.addEventListener("input", function () { self.remember(); self.fromEditor(); });
+    this.area.addEventListener("focusout", function () { self.remember(); });
     this.area.addEventListener("keydown", function (ev) { self.shortcut(ev); });
     this.area.addEventListener("paste", function (ev) { self.paste(ev); });
     this.source.addEventListener("input", function () {

@@ -31,7 +31,7 @@ from libs.common.natsfast import ack_all
 from libs.common.pull import PullLoop
 from libs.common.store.database import Database
 from libs.common.store.fastinsert import insert_rows
-from libs.common.store.keys import select_by_keys
+from libs.common.store.keys import plan_each_time, select_by_keys
 from libs.common.subjects import STREAM, dlq_subject
 from libs.common.telemetry import processing
 
@@ -238,6 +238,7 @@ class ProjectionConsumer:
         """Which of ``ids`` this consumer has applied (its inbox rows)."""
         inbox = self.db.tables.inbox
         # one index probe per id on PostgreSQL, whatever the planner knows (store/keys.py)
+        await plan_each_time(conn)
         q = select_by_keys(
             inbox, inbox.c.event_id, ids, inbox.c.consumer == self.name, dialect=conn.dialect.name
         )

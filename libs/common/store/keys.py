@@ -15,7 +15,7 @@ it was made: a look-up first planned while its table was nearly empty stays a se
 the table grows (the first import of 30,000 rows: 13 s → 41 s with such a plan).
 :func:`plan_each_time` makes the rest of the transaction plan each statement for the table as it
 is; doing so for every statement of the service cost the event pipeline a quarter of its
-throughput, so only transactions that look up by keys use it.
+throughput, so only transactions that look up by keys use it (a consumer batch, an import).
 """
 
 from __future__ import annotations

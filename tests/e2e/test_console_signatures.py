@@ -28,6 +28,18 @@ def stored(stack: ConsoleStack, mailbox_id: str, name: str = "default") -> dict[
         return dict(r.json())
 
 
+def mailbox_page(
+    stack: ConsoleStack, browser: Any, owner: str, local: str, display: str
+) -> tuple[Any, str]:
+    """A signed-in page on a new mailbox ``<local>@acme.example`` of a new employee."""
+    employee = stack.employee(owner)
+    mailbox_id = stack.mailbox(f"{local}@acme.example", employee["id"], display_name=display)
+    page = new_page(browser)
+    sign_in(page, stack)
+    page.goto(f"{stack.base}/console/mailboxes/{mailbox_id}")
+    return page, mailbox_id
+
+
 def flat(text: str) -> str:
     return re.sub(r"\s+", " ", text.replace("\xa0", " ")).strip()
 
@@ -36,11 +48,7 @@ def test_rich_text_editor_with_live_preview(console_stack: ConsoleStack, browser
     from playwright.sync_api import expect
 
     stack = console_stack
-    owner = stack.employee("Ada Lovelace")
-    mailbox_id = stack.mailbox("sales@acme.example", owner["id"], display_name="Acme Sales")
-    page = new_page(browser)
-    sign_in(page, stack)
-    page.goto(f"{stack.base}/console/mailboxes/{mailbox_id}")
+    page, mailbox_id = mailbox_page(stack, browser, "Ada Lovelace", "sales", "Acme Sales")
 
     editor = page.get_by_role("textbox", name="Signature", exact=True)
     toolbar = page.get_by_role("toolbar", name="Formatting")
@@ -125,12 +133,7 @@ def test_a_placeholder_goes_where_the_caret_is_when_focus_leaves_at_once(
     failed this file's first test is not left to timing."""
     from playwright.sync_api import expect
 
-    stack = console_stack
-    owner = stack.employee("Grace Hopper")
-    mailbox_id = stack.mailbox("ops@acme.example", owner["id"], display_name="Acme Ops")
-    page = new_page(browser)
-    sign_in(page, stack)
-    page.goto(f"{stack.base}/console/mailboxes/{mailbox_id}")
+    page, _ = mailbox_page(console_stack, browser, "Grace Hopper", "ops", "Acme Ops")
     editor = page.get_by_role("textbox", name="Signature", exact=True)
     editor.click()
     page.keyboard.type("Regards")

@@ -13,16 +13,12 @@ A's trail holds nothing done by B.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from libs.common.natsserver import NatsServer
 from tests.support.probe import ProbeRequest, Sampler, operations
-from tests.support.registry import stop
-from tests.support.stack import Stack, start_stack, wait_until
+from tests.support.stack import Stack, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.connected]
 
@@ -41,12 +37,8 @@ ORG_A = {
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Stack]:
-    s = await start_stack(tmp_path, nats_server)
-    try:
-        yield s
-    finally:
-        await stop(s)
+def stack(full_stack: Stack) -> Stack:
+    return full_stack
 
 
 async def ok(stack: Stack, method: str, url: str, **kw: Any) -> Any:

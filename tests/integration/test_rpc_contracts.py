@@ -10,8 +10,6 @@ fields, and the empty object. The replies are validated against the schemas of
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -19,23 +17,12 @@ import pytest
 
 from libs.common import asyncapi
 from libs.common.nats import connect
-from libs.common.natsserver import NatsServer
-from tests.support.stack import Stack, start_stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.connected
 
 GARBAGE = [b"", b"not json", b"[]", b"null", b"42", b'"text"', b"{", b"\xff\xfe", b'{"a": 1}']
 HOSTILE = ["a\r\nb: c", "\x00", "x" * 100_000, "é\u2028", " ", "../../etc", "mailroom.>"]
-
-
-@pytest.fixture
-async def stack(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Stack]:
-    s = await start_stack(tmp_path, nats_server)
-    try:
-        yield s
-    finally:
-        await s.client.aclose()
-        await s.host.stop()
 
 
 def _validator(doc: dict[str, Any], model: str) -> jsonschema.Draft202012Validator:
@@ -68,7 +55,10 @@ def _refused(subject: str, reply: dict[str, Any]) -> bool:
     return reply.get("ok") is False and bool(reply.get("error", {}).get("code"))
 
 
-async def test_bad_requests_get_a_documented_refusal_on_every_rpc_subject(stack: Stack) -> None:
+async def test_bad_requests_get_a_documented_refusal_on_every_rpc_subject(
+    full_stack: Stack,
+) -> None:
+    stack = full_stack
     doc = asyncapi.build()
     schemas = doc["components"]["schemas"]
     nc = await connect(stack.nats.url, name="rpc-contracts")

@@ -90,11 +90,22 @@ async def start_stack(
     return Stack(host, client, settings, nats)
 
 
-@pytest.fixture
-async def audit_stack(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Stack]:
-    stack = await start_stack(tmp_path, nats_server, ("audit",))
+async def _running(stack: Stack) -> AsyncIterator[Stack]:
     try:
         yield stack
     finally:
         await stack.client.aclose()
         await stack.host.stop()
+
+
+@pytest.fixture
+async def audit_stack(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Stack]:
+    async for stack in _running(await start_stack(tmp_path, nats_server, ("audit",))):
+        yield stack
+
+
+@pytest.fixture
+async def full_stack(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Stack]:
+    """Every service in one host, on the test's nats-server."""
+    async for stack in _running(await start_stack(tmp_path, nats_server)):
+        yield stack
